@@ -1,0 +1,126 @@
+#include "checks.h"
+
+#include <sstream>
+
+namespace fl::bind {
+
+namespace {
+// numpy's flag bits (numpy/ndarraytypes.h), stable across NumPy 1.x and 2.x.
+constexpr int kCContiguous = 0x0001;
+constexpr int kAligned = 0x0100;
+}  // namespace
+
+std::string shape_str(const py::array& a) {
+    Shape s(a.shape(), a.shape() + a.ndim());
+    return shape_str(s);
+}
+
+std::string shape_str(const Shape& s) {
+    std::ostringstream o;
+    o << "(";
+    for (size_t i = 0; i < s.size(); ++i) {
+        if (i) o << ", ";
+        if (s[i] < 0) o << "*"; else o << s[i];
+    }
+    if (s.size() == 1) o << ",";
+    o << ")";
+    return o.str();
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+void Checker::value_error(const std::string& msg) const {
+    throw py::value_error(std::string(kernel) + ": " + msg);
+}
+void Checker::type_error(const std::string& msg) const {
+    throw py::type_error(std::string(kernel) + ": " + msg);
+}
+
+py::array Checker::array(py::handle obj, const char* name) const {
+    if (!py::isinstance<py::array>(obj)) {
+        type_error(std::string("argument '") + name + "' must be a numpy.ndarray, got " +
+                   py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>());
+    }
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (!(a.flags() & kCContiguous))
+        value_error(std::string("argument '") + name + "' must be C-contiguous; got a strided view of shape " +
+                    shape_str(a) + " (pass numpy.ascontiguousarray(...) explicitly)");
+    if (!(a.flags() & kAligned))
+        value_error(std::string("argument '") + name + "' must be aligned to its dtype; got a misaligned buffer");
+    return a;
+}
+
+DType Checker::floating(const py::array& a, const char* name) const {
+    if (a.dtype().equal(py::dtype::of<float>())) return DType::f32;
+    if (a.dtype().equal(py::dtype::of<double>())) return DType::f64;
+    type_error(std::string("argument '") + name + "' must have dtype float32 or float64 (native byte order); got " +
+               dtype_str(a));
+}
+
+void Checker::same_dtype(const py::array& a, const char* name, DType want, const char* like) const {
+    const bool ok = want == DType::f32 ? a.dtype().equal(py::dtype::of<float>())
+                                       : a.dtype().equal(py::dtype::of<double>());
+    if (!ok)
+        type_error(std::string("argument '") + name + "' must have dtype " + (want == DType::f32 ? "float32" : "float64") +
+                   " like '" + like + "'; got " + dtype_str(a));
+}
+
+void Checker::int64(const py::array& a, const char* name) const {
+    if (!a.dtype().equal(py::dtype::of<std::int64_t>()))
+        type_error(std::string("argument '") + name + "' must have dtype int64; got " + dtype_str(a));
+}
+
+void Checker::uint8(const py::array& a, const char* name) const {
+    if (!a.dtype().equal(py::dtype::of<std::uint8_t>()))
+        type_error(std::string("argument '") + name + "' must have dtype uint8; got " + dtype_str(a));
+}
+
+void Checker::writeable(const py::array& a, const char* name) const {
+    if (!a.writeable()) value_error(std::string("output '") + name + "' is read-only; expected a writeable array");
+}
+
+void Checker::ndim(const py::array& a, const char* name, py::ssize_t want) const {
+    if (a.ndim() != want)
+        value_error(std::string("argument '") + name + "' must be " + std::to_string(want) + "-D; got shape " + shape_str(a));
+}
+
+void Checker::ndim_at_least(const py::array& a, const char* name, py::ssize_t want) const {
+    if (a.ndim() < want)
+        value_error(std::string("argument '") + name + "' must have at least " + std::to_string(want) +
+                    " dimensions; got shape " + shape_str(a));
+}
+
+void Checker::shape(const py::array& a, const char* name, const Shape& want) const {
+    bool ok = a.ndim() == static_cast<py::ssize_t>(want.size());
+    for (size_t i = 0; ok && i < want.size(); ++i) ok = want[i] < 0 || a.shape(i) == want[i];
+    if (!ok)
+        value_error(std::string("argument '") + name + "' has shape " + shape_str(a) + "; expected " + shape_str(want));
+}
+
+void Checker::same_shape(const py::array& a, const char* name, const py::array& ref, const char* ref_name) const {
+    bool ok = a.ndim() == ref.ndim();
+    for (py::ssize_t i = 0; ok && i < a.ndim(); ++i) ok = a.shape(i) == ref.shape(i);
+    if (!ok)
+        value_error(std::string("argument '") + name + "' has shape " + shape_str(a) + "; expected " + shape_str(ref) +
+                    " (the shape of '" + ref_name + "')");
+}
+
+Arr input(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like) {
+    py::array a = c.array(obj, name);
+    DType t = want ? *want : c.floating(a, name);
+    if (want) c.same_dtype(a, name, *want, like);
+    return {a, t};
+}
+
+Arr output(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like) {
+    Arr r = input(c, obj, name, want, like);
+    c.writeable(r.a, name);
+    return r;
+}
+
+std::optional<Arr> optional_output(const Checker& c, py::handle obj, const char* name, DType want, const char* like) {
+    if (obj.is_none()) return std::nullopt;
+    return output(c, obj, name, want, like);
+}
+
+}  // namespace fl::bind

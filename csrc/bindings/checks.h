@@ -1,0 +1,71 @@
+// Argument checking where Python meets C++. Bindings take every array as a py::object so
+// pybind11 never converts (a converted output would be a silent copy that the caller never
+// sees); each array is then checked for type, dtype, byte order, layout, alignment, shape
+// and, for outputs, writeability. Messages name the kernel, the argument, the expectation
+// and what was given, matching fastlayers.reference._checks.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fl::bind {
+
+namespace py = pybind11;
+using i64 = std::int64_t;
+
+enum class DType { f32, f64 };
+
+// Shape pattern entry: a fixed size, or -1 for "any" (its value is then read off the array).
+using Shape = std::vector<i64>;
+
+std::string shape_str(const py::array& a);
+std::string shape_str(const Shape& s);
+std::string dtype_str(const py::array& a);
+
+struct Checker {
+    const char* kernel;
+
+    // The array itself: a numpy.ndarray, C-contiguous, aligned, native byte order.
+    py::array array(py::handle obj, const char* name) const;
+    // A float array (float32/float64). Returns its dtype.
+    DType floating(const py::array& a, const char* name) const;
+    void same_dtype(const py::array& a, const char* name, DType want, const char* like) const;
+    void int64(const py::array& a, const char* name) const;
+    void uint8(const py::array& a, const char* name) const;
+    void writeable(const py::array& a, const char* name) const;
+    void ndim(const py::array& a, const char* name, py::ssize_t want) const;
+    void ndim_at_least(const py::array& a, const char* name, py::ssize_t want) const;
+    // Shape equal to `want` (entries -1 match anything).
+    void shape(const py::array& a, const char* name, const Shape& want) const;
+    void same_shape(const py::array& a, const char* name, const py::array& ref, const char* ref_name) const;
+
+    [[noreturn]] void value_error(const std::string& msg) const;
+    [[noreturn]] void type_error(const std::string& msg) const;
+};
+
+// Convenience: a checked float array that must match dtype `want` and be writeable if `out`.
+struct Arr {
+    py::array a;
+    DType dtype;
+    template <class T>
+    T* ptr() const { return static_cast<T*>(const_cast<void*>(a.data())); }
+    i64 dim(py::ssize_t i) const { return static_cast<i64>(a.shape(i)); }
+    i64 size() const { return static_cast<i64>(a.size()); }
+};
+
+Arr input(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like);
+Arr output(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like);
+// An optional gradient output: None gives std::nullopt.
+std::optional<Arr> optional_output(const Checker& c, py::handle obj, const char* name, DType want, const char* like);
+
+template <class Fn>
+decltype(auto) dispatch(DType t, Fn&& fn) {
+    if (t == DType::f32) return fn(float{});
+    return fn(double{});
+}
+
+}  // namespace fl::bind

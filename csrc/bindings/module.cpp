@@ -1,0 +1,52 @@
+// The extension module: build facts, thread control and every native kernel.
+#include <pybind11/stl.h>
+
+#include "blas.h"
+#include "checks.h"
+#include "threading.h"
+
+namespace fl::bind {
+void bind_affine(py::module_& m);
+void bind_relu(py::module_& m);
+void bind_softmax_cross_entropy(py::module_& m);
+}  // namespace fl::bind
+
+namespace {
+
+std::string compiler() {
+#if defined(__clang__)
+    return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    return std::string("gcc ") + __VERSION__;
+#else
+    return "unknown";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+    namespace py = pybind11;
+    m.doc() = "fastlayers native kernels (C++, OpenBLAS, OpenMP)";
+    fl::threads::init();
+
+    m.def("build_facts", [] {
+        py::dict d;
+        d["version"] = FASTLAYERS_VERSION;
+        d["compiler"] = compiler();
+        d["openmp"] = fl::threads::openmp_enabled();
+        d["threads"] = fl::threads::num_threads();
+        d["blas"] = fl::blas::name();
+        d["blas_config"] = fl::blas::config();
+        d["blas_core"] = fl::blas::corename();
+        d["blas_threads"] = fl::blas::num_threads();
+        d["blas_threading"] = fl::threads::blas_threading();
+        return d;
+    });
+    m.def("set_num_threads", &fl::threads::set_num_threads, py::arg("n"));
+    m.def("get_num_threads", &fl::threads::num_threads);
+
+    fl::bind::bind_affine(m);
+    fl::bind::bind_relu(m);
+    fl::bind::bind_softmax_cross_entropy(m);
+}

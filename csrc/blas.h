@@ -1,0 +1,26 @@
+// The BLAS seam: the only place that names OpenBLAS. Every GEMM in fastlayers goes through
+// fl::blas::gemm, row-major, with sizes in 64-bit that are checked to fit OpenBLAS's 32-bit
+// blasint before the call (scipy-openblas32 is the LP64 build).
+#pragma once
+#include <string>
+
+#include "common.h"
+
+namespace fl::blas {
+
+// C (M,N) = alpha * op(A) (M,K) @ op(B) (K,N) + beta * C, all row-major.
+// op(A) is A (M,K) with leading dimension lda, or A^T when trans_a (A stored (K,M)).
+void gemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+          const float* B, i64 ldb, float beta, float* C, i64 ldc);
+void gemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, double alpha, const double* A, i64 lda,
+          const double* B, i64 ldb, double beta, double* C, i64 ldc);
+
+std::string name();     // "OpenBLAS"
+std::string config();   // OpenBLAS's own build description (version, core, threading)
+std::string corename(); // the kernel set chosen for this CPU
+int num_threads();
+void set_num_threads(int n);
+// Routes OpenBLAS's parallel jobs onto the OpenMP pool (see threading.cpp).
+void run_jobs_on_openmp(bool on);
+
+}  // namespace fl::blas

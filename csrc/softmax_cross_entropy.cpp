@@ -1,0 +1,69 @@
+// Softmax followed by cross-entropy, fused: logits (N,K) -> probs (N,K) and the mean loss.
+// Targets are either integer labels (N,) or rows of a (N,K) target distribution (one-hot or
+// soft); exactly one of labels / targets is non-null.
+#include <cmath>
+#include <vector>
+
+#include "kernels.h"
+
+namespace fl {
+
+// Per row, with z = logits[n], zmax = max_k z_k and lse = zmax + log sum_k exp(z_k - zmax):
+//   probs[n,k] = exp(z_k - lse)
+//   loss_n     = lse - z_label               (labels)
+//              = sum_k t_k (lse - z_k)       (targets)
+// Subtracting zmax keeps exp() <= 1, so logits of +-1e4 give a finite loss. Row losses are
+// summed in row order in double after the parallel loop: the result is the same for any
+// thread count.
+template <class T>
+double softmax_cross_entropy_forward(T* probs, const T* logits, const std::int64_t* labels,
+                                     const T* targets, i64 N, i64 K) {
+    std::vector<double> row_loss(static_cast<size_t>(N));
+    parallel_for(N, [&](i64 n) {
+        const T* z = logits + n * K;
+        T* p = probs + n * K;
+        T zmax = z[0];
+        for (i64 k = 1; k < K; ++k) zmax = z[k] > zmax ? z[k] : zmax;
+        double sum = 0.0;
+        for (i64 k = 0; k < K; ++k) sum += std::exp(static_cast<double>(z[k] - zmax));
+        const double lse = static_cast<double>(zmax) + std::log(sum);
+        for (i64 k = 0; k < K; ++k) p[k] = static_cast<T>(std::exp(static_cast<double>(z[k]) - lse));
+        if (labels) {
+            row_loss[n] = lse - static_cast<double>(z[labels[n]]);
+        } else {
+            const T* t = targets + n * K;
+            double l = 0.0;
+            for (i64 k = 0; k < K; ++k)
+                if (t[k] != T(0)) l += static_cast<double>(t[k]) * (lse - static_cast<double>(z[k]));
+            row_loss[n] = l;
+        }
+    }, 16);
+    double total = 0.0;
+    for (i64 n = 0; n < N; ++n) total += row_loss[n];
+    return N > 0 ? total / static_cast<double>(N) : 0.0;
+}
+
+// d loss / d logits = dloss * (probs - target) / N, target being one-hot(label) or the row t.
+template <class T>
+void softmax_cross_entropy_backward(T* dlogits, const T* probs, const std::int64_t* labels,
+                                    const T* targets, double dloss, i64 N, i64 K) {
+    const T scale = static_cast<T>(dloss / static_cast<double>(N > 0 ? N : 1));
+    parallel_for(N, [&](i64 n) {
+        const T* p = probs + n * K;
+        T* d = dlogits + n * K;
+        if (labels) {
+            for (i64 k = 0; k < K; ++k) d[k] = p[k] * scale;
+            d[labels[n]] = (p[labels[n]] - T(1)) * scale;
+        } else {
+            const T* t = targets + n * K;
+            for (i64 k = 0; k < K; ++k) d[k] = (p[k] - t[k]) * scale;
+        }
+    }, 64);
+}
+
+template double softmax_cross_entropy_forward<float>(float*, const float*, const std::int64_t*, const float*, i64, i64);
+template double softmax_cross_entropy_forward<double>(double*, const double*, const std::int64_t*, const double*, i64, i64);
+template void softmax_cross_entropy_backward<float>(float*, const float*, const std::int64_t*, const float*, double, i64, i64);
+template void softmax_cross_entropy_backward<double>(double*, const double*, const std::int64_t*, const double*, double, i64, i64);
+
+}  // namespace fl

@@ -1,0 +1,122 @@
+"""Argument checks shared by the oracle kernels, mirroring csrc/bindings/checks.cpp.
+
+The oracle is held to the same contract as the native kernels: the same arguments are
+refused with the same exception types, so a test of the seam can run on both backends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _shape_str(shape) -> str:
+    inner = ", ".join("*" if s is None or s < 0 else str(s) for s in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+class Checker:
+    """Checks the arguments of one kernel; messages start with the kernel's name."""
+
+    def __init__(self, kernel: str):
+        self.kernel = kernel
+
+    def value_error(self, msg: str):
+        raise ValueError(f"{self.kernel}: {msg}")
+
+    def type_error(self, msg: str):
+        raise TypeError(f"{self.kernel}: {msg}")
+
+    def array(self, a, name: str) -> np.ndarray:
+        if not isinstance(a, np.ndarray):
+            self.type_error(f"argument '{name}' must be a numpy.ndarray, got {type(a).__name__}")
+        if not a.flags.c_contiguous:
+            self.value_error(
+                f"argument '{name}' must be C-contiguous; got a strided view of shape {_shape_str(a.shape)} "
+                "(pass numpy.ascontiguousarray(...) explicitly)"
+            )
+        if not a.flags.aligned:
+            self.value_error(f"argument '{name}' must be aligned to its dtype; got a misaligned buffer")
+        return a
+
+    def _dtype_ok(self, a: np.ndarray, want: np.dtype) -> bool:
+        return a.dtype == want and a.dtype.isnative
+
+    def input(self, a, name: str, like: np.ndarray | None = None, like_name: str | None = None) -> np.ndarray:
+        """A float array; with ``like``, of the same dtype as ``like``."""
+        a = self.array(a, name)
+        if like is None:
+            if not (a.dtype in FLOATS and a.dtype.isnative):
+                self.type_error(
+                    f"argument '{name}' must have dtype float32 or float64 (native byte order); got {a.dtype}"
+                )
+        elif not self._dtype_ok(a, like.dtype):
+            self.type_error(f"argument '{name}' must have dtype {like.dtype} like '{like_name}'; got {a.dtype}")
+        return a
+
+    def output(self, a, name: str, like: np.ndarray, like_name: str) -> np.ndarray:
+        a = self.input(a, name, like, like_name)
+        self.writeable(a, name)
+        return a
+
+    def optional_output(self, a, name: str, like: np.ndarray, like_name: str) -> np.ndarray | None:
+        return None if a is None else self.output(a, name, like, like_name)
+
+    def int64(self, a, name: str) -> np.ndarray:
+        a = self.array(a, name)
+        if not self._dtype_ok(a, np.dtype(np.int64)):
+            self.type_error(f"argument '{name}' must have dtype int64; got {a.dtype}")
+        return a
+
+    def uint8(self, a, name: str) -> np.ndarray:
+        a = self.array(a, name)
+        if a.dtype != np.uint8:
+            self.type_error(f"argument '{name}' must have dtype uint8; got {a.dtype}")
+        return a
+
+    def writeable(self, a: np.ndarray, name: str) -> None:
+        if not a.flags.writeable:
+            self.value_error(f"output '{name}' is read-only; expected a writeable array")
+
+    def ndim(self, a: np.ndarray, name: str, want: int) -> None:
+        if a.ndim != want:
+            self.value_error(f"argument '{name}' must be {want}-D; got shape {_shape_str(a.shape)}")
+
+    def ndim_at_least(self, a: np.ndarray, name: str, want: int) -> None:
+        if a.ndim < want:
+            self.value_error(
+                f"argument '{name}' must have at least {want} dimensions; got shape {_shape_str(a.shape)}"
+            )
+
+    def shape(self, a: np.ndarray, name: str, want) -> None:
+        """``want`` entries of -1 (or None) match any size."""
+        ok = a.ndim == len(want) and all(w is None or w < 0 or s == w for s, w in zip(a.shape, want))
+        if not ok:
+            self.value_error(f"argument '{name}' has shape {_shape_str(a.shape)}; expected {_shape_str(want)}")
+
+    def same_shape(self, a: np.ndarray, name: str, ref: np.ndarray, ref_name: str) -> None:
+        if a.shape != ref.shape:
+            self.value_error(
+                f"argument '{name}' has shape {_shape_str(a.shape)}; expected {_shape_str(ref.shape)} "
+                f"(the shape of '{ref_name}')"
+            )
+
+    def positive_int(self, v, name: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            self.type_error(f"argument '{name}' must be an int; got {type(v).__name__}")
+        if v < 1:
+            self.value_error(f"argument '{name}' must be >= 1; got {v}")
+        return int(v)
+
+    def nonnegative_int(self, v, name: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            self.type_error(f"argument '{name}' must be an int; got {type(v).__name__}")
+        if v < 0:
+            self.value_error(f"argument '{name}' must be >= 0; got {v}")
+        return int(v)
+
+    def real(self, v, name: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            self.type_error(f"argument '{name}' must be a real number; got {type(v).__name__}")
+        return float(v)

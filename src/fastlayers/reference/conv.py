@@ -1,0 +1,3 @@
+"""Oracle kernels: conv."""
+
+__all__: list[str] = []

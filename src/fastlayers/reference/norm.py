@@ -1,0 +1,3 @@
+"""Oracle kernels: norm."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Oracle kernels: optim."""
+
+__all__: list[str] = []
