@@ -1,0 +1,111 @@
+"""The backend switch, coverage report, build info and the thread-pool decision."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastlayers
+from fastlayers import backend, reference
+from fastlayers.backend import _native
+
+
+def test_default_backend_is_native():
+    assert backend.get_backend() == "native"
+    assert backend.kernels().affine_forward is _native.affine_forward
+
+
+def test_use_block_switches_and_restores():
+    with backend.use("numpy"):
+        assert backend.get_backend() == "numpy"
+        assert backend.kernels().affine_forward is reference.affine_forward
+        with backend.use("native"):
+            assert backend.kernels().relu_forward is _native.relu_forward
+        assert backend.get_backend() == "numpy"
+    assert backend.get_backend() == "native"
+
+
+def test_use_restores_after_exception():
+    with pytest.raises(RuntimeError):
+        with backend.use("numpy"):
+            raise RuntimeError("boom")
+    assert backend.get_backend() == "native"
+
+
+def test_set_backend_globally():
+    try:
+        backend.set_backend("numpy")
+        assert backend.kernels().affine_forward is reference.affine_forward
+    finally:
+        backend.set_backend("native")
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'cuda'; expected one of 'native', 'numpy'"):
+        backend.set_backend("cuda")
+    with pytest.raises(ValueError, match="unknown backend"):
+        with backend.use("torch"):
+            pass
+
+
+def test_native_falls_back_to_the_oracle_for_missing_kernels():
+    cov = backend.coverage()
+    assert set(cov) == set(reference.__all__)
+    for name, native in cov.items():
+        expected = getattr(_native, name) if native else getattr(reference, name)
+        assert getattr(backend.kernels(), name) is expected, name
+    for name in ("affine_forward", "affine_backward", "relu_forward", "relu_backward",
+                 "softmax_cross_entropy_forward", "softmax_cross_entropy_backward"):
+        assert cov[name], name
+
+
+def test_environment_variable_selects_the_default():
+    code = "import fastlayers; print(fastlayers.backend.get_backend())"
+    env = {"FASTLAYERS_BACKEND": "numpy", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "numpy"
+
+
+def test_build_info():
+    info = fastlayers.build_info()
+    for key in ("version", "compiler", "openmp", "threads", "blas", "blas_config", "blas_threading", "native_kernels"):
+        assert key in info, key
+    assert info["blas"] == "OpenBLAS"
+    assert "affine_forward" in info["native_kernels"]
+    assert info["threads"] >= 1
+    # The decision of threading.cpp: with OpenMP, OpenBLAS runs its jobs on our pool.
+    assert info["blas_threading"] == ("openmp-callback" if info["openmp"] else "openblas")
+
+
+def test_set_num_threads_round_trip():
+    before = fastlayers.get_num_threads()
+    try:
+        fastlayers.set_num_threads(1)
+        assert fastlayers.get_num_threads() == 1
+        assert fastlayers.build_info()["blas_threads"] == 1
+    finally:
+        fastlayers.set_num_threads(before)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        fastlayers.set_num_threads(0)
+    with pytest.raises(TypeError, match="must be an int"):
+        fastlayers.set_num_threads(1.5)
+
+
+def test_openblas_not_loaded_globally():
+    """OpenBLAS is loaded RTLD_LOCAL: its symbols must not become visible to later libraries."""
+    code = textwrap.dedent(
+        """
+        import ctypes, fastlayers
+        try:
+            ctypes.CDLL(None).scipy_cblas_sgemm
+            print("global")
+        except AttributeError:
+            print("local")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "local"
