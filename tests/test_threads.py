@@ -20,6 +20,8 @@ import textwrap
 
 import pytest
 
+import fastlayers
+
 PROBE = textwrap.dedent(
     """
     import json, sys, time
@@ -69,6 +71,7 @@ def test_alternating_gemm_and_elementwise_is_not_pathological():
     assert ratio < LIMIT, f"GEMM+ReLU pair took {ratio:.1f}x its parts: {med}"
 
 
+@pytest.mark.skipif(not fastlayers.build_info()["openmp"], reason="without OpenMP there is only OpenBLAS's pool")
 @pytest.mark.skipif((os.cpu_count() or 1) > 2, reason="the pools were measured to fight on 2 cores; more cores may hide it")
 def test_probe_detects_fighting_pools():
     """With OpenBLAS on its own pool again the probe must see the slowdown, or it proves nothing."""
