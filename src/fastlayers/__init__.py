@@ -1,15 +1,33 @@
 """fastlayers: the textbook's layers (forward/backward) with fast C++ kernels for CPU training."""
 
-from . import backend, reference
-from .backend import build_info, get_num_threads, set_num_threads
-
 __version__ = "0.1.0"
 
+from . import backend, checkpoint, data, init, layers, losses, models, optim, reference
+from .backend import build_info, get_num_threads, set_num_threads
+from .checkpoint import load, save
+from .gradcheck import gradcheck
+from .numerical import numerical_gradient
+from .parameter import Parameter
+from .trainer import Trainer
+
 __all__ = [
+    "Parameter",
+    "Trainer",
     "backend",
-    "reference",
     "build_info",
+    "checkpoint",
+    "data",
     "get_num_threads",
+    "gradcheck",
+    "init",
+    "layers",
+    "load",
+    "losses",
+    "models",
+    "numerical_gradient",
+    "optim",
+    "reference",
+    "save",
     "set_num_threads",
     "__version__",
 ]

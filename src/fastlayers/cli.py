@@ -1,0 +1,199 @@
+"""The ``fastlayers`` command: ``train``, ``gradcheck`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+GRADCHECK_TOLERANCE = 1e-5
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .models import MODELS
+
+    p = argparse.ArgumentParser(prog="fastlayers", description="Train textbook networks fast on the CPU.")
+    p.add_argument("--version", action="version", version=f"fastlayers {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and report its test accuracy")
+    t.add_argument("--model", choices=sorted(MODELS), default="simple-cnn")
+    t.add_argument(
+        "--data",
+        default="bundled",
+        help="bundled (10,000 Fashion-MNIST images inside the package, split 8,000/2,000), "
+        "fashion-mnist, mnist, or a directory holding the four IDX files (default: bundled)",
+    )
+    t.add_argument("--download", action="store_true", help="download fashion-mnist/mnist if not found locally")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--batch-size", type=int, default=100)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's own, 1e-3 for adam)")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--backend", choices=("native", "numpy"), default=None, help="default: native")
+    t.add_argument("--threads", type=int, default=None, help="threads for kernels and GEMM (default: all cores)")
+    t.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
+    t.add_argument("--validation-split", type=float, default=None)
+    t.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs")
+    t.add_argument("--save", type=Path, default=None, help="write the trained model to this .safetensors file")
+    t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    g = sub.add_parser("gradcheck", help="compare backprop with numerical gradients for a model")
+    g.add_argument("--model", choices=sorted(MODELS), default="simple-cnn")
+    g.add_argument("--batch", type=int, default=2)
+    g.add_argument("--max-entries", type=int, default=16, help="entries checked per parameter (0: all)")
+    g.add_argument("--backend", choices=("native", "numpy"), default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("info", help="build information and which kernels are native")
+    i.add_argument("--json", action="store_true")
+    return p
+
+
+def _load_data(name: str, download: bool):
+    from . import data
+
+    if name == "bundled":
+        return data.load_bundled()
+    if name in ("fashion-mnist", "mnist"):
+        loader = data.load_fashion_mnist if name == "fashion-mnist" else data.load_mnist
+        return loader("train", download=download), loader("test", download=download)
+    path = Path(name)
+    if not path.is_dir():
+        raise SystemExit(f"fastlayers: --data {name!r} is neither bundled, fashion-mnist, mnist nor a directory")
+    return data.load_dir(path)
+
+
+def _train(args) -> int:
+    from . import backend, optim
+    from .checkpoint import save
+    from .data import DatasetError
+    from .losses import SoftmaxCrossEntropy
+    from .models import get as get_model
+    from .trainer import Trainer
+
+    if args.backend:
+        backend.set_backend(args.backend)
+    if args.threads is not None:
+        backend.set_num_threads(args.threads)
+    try:
+        (x_train, t_train), (x_test, t_test) = _load_data(args.data, args.download)
+    except DatasetError as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        x_train, t_train = x_train[: args.limit], t_train[: args.limit]
+    shape = x_train.shape[1:]
+    size = {"input_size": int(np.prod(shape))} if args.model == "mlp" else {"input_shape": shape}
+    model = get_model(args.model, seed=args.seed, **size)
+    kwargs = {"weight_decay": args.weight_decay} if args.lr is None else {"lr": args.lr, "weight_decay": args.weight_decay}
+    opt = optim.get(args.optimizer, model.parameters(), **kwargs)
+    lr = opt.lr
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, seed=args.seed, verbose=False if args.quiet else None)
+    log = sys.stderr if args.json else sys.stdout
+    print(
+        f"training {args.model} on {args.data} ({len(x_train)} train / {len(x_test)} test images), "
+        f"backend {backend.get_backend()}, {backend.get_num_threads()} threads, {args.optimizer} lr {lr:g}",
+        file=log,
+    )
+    start = time.perf_counter()
+    history = trainer.fit(
+        x_train,
+        t_train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        patience=args.patience,
+    )
+    wall = time.perf_counter() - start
+    test = trainer.evaluate(x_test, t_test)
+    result = {
+        "model": args.model,
+        "data": args.data,
+        "backend": backend.get_backend(),
+        "threads": backend.get_num_threads(),
+        "optimizer": args.optimizer,
+        "lr": lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "train_samples": int(len(x_train)),
+        "test_samples": int(len(x_test)),
+        "epochs": len(history),
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else 0.0,
+        "seconds_total": wall,
+        "history": history,
+    }
+    if trainer.stop_reason:
+        result["stopped_early"] = trainer.stop_reason
+    if args.save:
+        save(model, args.save, optimizer=opt, metadata={"data": args.data})
+        result["saved"] = str(args.save)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"test accuracy {test['accuracy']:.4f}, test loss {test['loss']:.4f}, "
+            f"{result['seconds_per_epoch']:.2f} s per epoch"
+            + (f"; saved to {args.save}" if args.save else "")
+        )
+    return 0
+
+
+def _gradcheck(args) -> int:
+    from . import backend
+    from .gradcheck import format_table, gradcheck
+    from .models import get as get_model
+
+    if args.backend:
+        backend.set_backend(args.backend)
+    model = get_model(args.model, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    x = rng.random((args.batch, 1, 28, 28))
+    t = rng.integers(0, 10, size=args.batch)
+    errors = gradcheck(model, x, t, max_entries=args.max_entries or None, seed=args.seed, verbose=False)
+    worst = max(errors.values())
+    ok = worst < GRADCHECK_TOLERANCE
+    if args.json:
+        print(json.dumps({"model": args.model, "backend": backend.get_backend(), "errors": errors, "ok": ok}))
+    else:
+        print(format_table(errors))
+        print(f"worst relative error {worst:.3e}: {'ok' if ok else 'FAILED'} (tolerance {GRADCHECK_TOLERANCE:g})")
+    return 0 if ok else 1
+
+
+def _info(args) -> int:
+    from . import __version__, backend
+
+    info = backend.build_info()
+    info["version"] = __version__
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    cov = backend.coverage()
+    for key, value in info.items():
+        if key not in ("native_kernels", "numpy_only_kernels"):
+            print(f"{key:>16}: {value}")
+    print(f"{'native kernels':>16}: {sum(cov.values())} of {len(cov)}")
+    for name, native in cov.items():
+        print(f"{'':>16}  {'native' if native else 'numpy '}  {name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return {"train": _train, "gradcheck": _gradcheck, "info": _info}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

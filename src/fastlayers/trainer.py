@@ -1,0 +1,211 @@
+"""Trainer: the textbook's training loop, with shuffling, validation and early stopping."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from .init import as_generator
+
+
+def accuracy(scores: np.ndarray, t: np.ndarray) -> float:
+    """Fraction of rows whose arg-max matches ``t`` (labels, or one-hot/soft targets)."""
+    labels = t if t.ndim == 1 else np.argmax(t, axis=1)
+    return float(np.mean(np.argmax(scores, axis=1) == labels)) if len(labels) else math.nan
+
+
+def _check_xt(x, t, what: str) -> None:
+    if not isinstance(x, np.ndarray) or not isinstance(t, np.ndarray):
+        raise TypeError(f"{what}: x and t must be numpy arrays")
+    if len(x) != len(t):
+        raise ValueError(f"{what}: x has {len(x)} samples but t has {len(t)}")
+
+
+class Trainer:
+    """Fits ``model`` (a Layer) to data with ``loss`` and ``optimizer``.
+
+    ``seed`` drives every random choice of training (the shuffling order, the validation
+    split and the dropout masks) through ``numpy.random.Generator`` objects; two trainers
+    with the same seed, model weights and data produce the same run. ``verbose`` shows a
+    tqdm progress bar with the running loss and accuracy; ``None`` (the default) shows it
+    only when standard error is a terminal.
+
+    ``history`` holds one dict per epoch: ``epoch``, ``loss`` (mean training loss including
+    the weight penalty), ``train_accuracy`` (on the batches as they were trained),
+    ``val_loss`` and ``val_accuracy`` (when there is validation data) and ``seconds``.
+    """
+
+    def __init__(self, model, loss, optimizer, seed: int | None = 0, verbose: bool | None = None):
+        self.model = model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.verbose = verbose
+        self.history: list[dict] = []
+        self.rng = as_generator(seed)
+        # Dropout masks come from their own stream so that changing the batch order
+        # does not change which masks are drawn and vice versa.
+        shuffle_seed, dropout_seed = self.rng.integers(2**63, size=2)
+        self._shuffle_rng = np.random.default_rng(int(shuffle_seed))
+        model.set_rng(np.random.default_rng(int(dropout_seed)))
+        self.stop_reason: str | None = None
+
+    # -- one step ------------------------------------------------------------------------
+    def train_step(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+        """Forward, backward and one optimizer update on one batch; returns (loss, scores)."""
+        self.optimizer.zero_grad()
+        scores = self.model.forward(x, train=True)
+        loss = self.loss.forward(scores, t) + self.optimizer.penalty()
+        self.model.backward(self.loss.backward())
+        self.optimizer.step()
+        return loss, scores
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(
+        self,
+        x: np.ndarray,
+        t: np.ndarray,
+        epochs: int = 1,
+        batch_size: int = 100,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+        validation_split: float | None = None,
+        patience: int | None = None,
+        restore_best: bool = True,
+        monitor: str = "val_loss",
+    ) -> list[dict]:
+        """Trains for ``epochs`` passes over ``(x, t)``; returns ``history``.
+
+        Each epoch visits every sample exactly once in a fresh random order (the textbook
+        samples batches with replacement instead); the last batch holds the remainder when
+        ``batch_size`` does not divide the sample count. ``validation_split`` holds out that
+        fraction of ``(x, t)`` (chosen at random, once) as validation data.
+
+        Early stopping: with ``patience`` set, training stops once that many consecutive
+        epochs bring no improvement of ``monitor`` (``"val_loss"`` or ``"val_accuracy"``; without
+        validation data, the training loss or accuracy) and, with ``restore_best``, the
+        model is put back to the weights of its best epoch.
+        """
+        _check_xt(x, t, "fit")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"fit: batch_size must be an int >= 1, got {batch_size!r}")
+        if validation is not None and validation_split is not None:
+            raise ValueError("fit: pass validation or validation_split, not both")
+        if validation_split is not None:
+            if not 0 < validation_split < 1:
+                raise ValueError(f"fit: validation_split must be in (0, 1), got {validation_split}")
+            n_val = int(round(len(x) * validation_split))
+            if n_val < 1 or n_val >= len(x):
+                raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves an empty set")
+            order = self._shuffle_rng.permutation(len(x))
+            validation = (x[order[:n_val]], t[order[:n_val]])
+            x, t = x[order[n_val:]], t[order[n_val:]]
+        if validation is not None:
+            _check_xt(*validation, "fit validation")
+        if len(x) == 0:
+            raise ValueError("fit: no training samples")
+        if monitor not in ("val_loss", "val_accuracy"):
+            raise ValueError(f"fit: monitor must be 'val_loss' or 'val_accuracy', got {monitor!r}")
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"fit: patience must be an int >= 1 or None, got {patience!r}")
+
+        key = monitor if validation is not None else ("loss" if monitor == "val_loss" else "train_accuracy")
+        better = (lambda a, b: a < b) if key.endswith("loss") else (lambda a, b: a > b)
+        best_value, best_state, waited = None, None, 0
+        self.stop_reason = None
+        first_epoch = len(self.history) + 1
+
+        for epoch in range(first_epoch, first_epoch + epochs):
+            record = self._train_epoch(x, t, batch_size, epoch, first_epoch + epochs - 1)
+            if validation is not None:
+                val = self.evaluate(*validation, batch_size=max(batch_size, 256))
+                record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
+            self.history.append(record)
+            self._report(record)
+            if patience is None:
+                continue
+            value = record[key]
+            if best_value is None or better(value, best_value):
+                best_value, waited = value, 0
+                if restore_best:
+                    best_state = self.model.state_dict()
+            else:
+                waited += 1
+                if waited >= patience:
+                    self.stop_reason = f"no improvement of {key} for {waited} epochs"
+                    break
+        if best_state is not None and self.stop_reason is not None:
+            self.model.load_state_dict(best_state)
+        return self.history
+
+    def _train_epoch(self, x, t, batch_size, epoch, last_epoch) -> dict:
+        n = len(x)
+        order = self._shuffle_rng.permutation(n)
+        steps = -(-n // batch_size)
+        bar = self._progress(steps, f"epoch {epoch}/{last_epoch}")
+        total_loss, correct, seen = 0.0, 0, 0
+        start = time.perf_counter()
+        self.model.train()
+        for s in range(steps):
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            xb, tb = x[idx], t[idx]
+            loss, scores = self.train_step(xb, tb)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss} at epoch {epoch}, step {s + 1}; lower the learning rate"
+                )
+            total_loss += loss * len(idx)
+            correct += int(round(accuracy(scores, tb) * len(idx)))
+            seen += len(idx)
+            if bar is not None:
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+                bar.update(1)
+        seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        return {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen, "seconds": seconds}
+
+    def _show(self) -> bool:
+        return sys.stderr.isatty() if self.verbose is None else bool(self.verbose)
+
+    def _progress(self, steps: int, desc: str):
+        if not self._show():
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=steps, desc=desc, unit="batch", leave=True, dynamic_ncols=True)
+
+    def _report(self, record: dict) -> None:
+        if not self._show():
+            return
+        parts = [f"epoch {record['epoch']}", f"loss {record['loss']:.4f}", f"train acc {record['train_accuracy']:.4f}"]
+        if "val_accuracy" in record:
+            parts += [f"val loss {record['val_loss']:.4f}", f"val acc {record['val_accuracy']:.4f}"]
+        parts.append(f"{record['seconds']:.1f} s")
+        print(" | ".join(parts), file=sys.stderr)
+
+    # -- inference -----------------------------------------------------------------------
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Scores (pre-softmax outputs) for ``x``, in inference mode, batch by batch."""
+        if len(x) == 0:
+            raise ValueError("predict: no samples")
+        self.model.eval()
+        try:
+            return np.concatenate(
+                [self.model.forward(x[i : i + batch_size], train=False) for i in range(0, len(x), batch_size)]
+            )
+        finally:
+            self.model.train()
+
+    def evaluate(self, x: np.ndarray, t: np.ndarray, batch_size: int = 256) -> dict:
+        """Mean loss (without the weight penalty) and accuracy on ``(x, t)`` in inference mode."""
+        _check_xt(x, t, "evaluate")
+        scores = self.predict(x, batch_size)
+        total = 0.0
+        for i in range(0, len(x), batch_size):
+            sl = slice(i, i + batch_size)
+            total += self.loss.forward(np.ascontiguousarray(scores[sl]), t[sl]) * len(scores[sl])
+        return {"loss": total / len(x), "accuracy": accuracy(scores, t)}
