@@ -109,3 +109,38 @@ def test_openblas_not_loaded_globally():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "local"
+
+
+def test_layers_and_optimizers_reach_kernels_only_through_the_backend(monkeypatch):
+    """Swap the active kernel table for a recording one: a training step must go through it."""
+    import types
+
+    from fastlayers import losses, models, optim
+
+    called = []
+
+    def recording(name):
+        def kernel(*args):
+            called.append(name)
+            return getattr(reference, name)(*args)
+
+        return kernel
+
+    table = types.SimpleNamespace(**{name: recording(name) for name in backend.KERNEL_NAMES})
+    monkeypatch.setitem(backend._TABLES, "numpy", table)
+    model = models.deep_cnn(input_shape=(1, 12, 12), batchnorm=True, seed=0)
+    loss, opt = losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters(), weight_decay=1e-4)
+    x = np.random.default_rng(0).random((3, 1, 12, 12), dtype=np.float32)
+    with backend.use("numpy"):
+        opt.zero_grad()
+        loss.forward(model.forward(x, train=True), np.array([0, 1, 2]))
+        opt.penalty()
+        model.backward(loss.backward())
+        opt.step()
+    expected = {
+        "conv2d_forward", "conv2d_backward", "batchnorm_forward_train", "batchnorm_backward",
+        "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
+        "affine_forward", "affine_backward", "dropout_forward", "dropout_backward",
+        "softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "adam_update", "sum_squares",
+    }
+    assert expected <= set(called), expected - set(called)
