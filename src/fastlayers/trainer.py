@@ -207,5 +207,5 @@ class Trainer:
         total = 0.0
         for i in range(0, len(x), batch_size):
             sl = slice(i, i + batch_size)
-            total += self.loss.forward(np.ascontiguousarray(scores[sl]), t[sl]) * len(scores[sl])
+            total += self.loss.forward(scores[sl], t[sl]) * len(scores[sl])
         return {"loss": total / len(x), "accuracy": accuracy(scores, t)}
