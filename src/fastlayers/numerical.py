@@ -7,8 +7,11 @@ from collections.abc import Callable
 import numpy as np
 
 
-def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-6, indices=None) -> np.ndarray:
     """d f / d x by central differences, perturbing ``x`` in place one entry at a time.
+
+    With ``indices`` (flat indices into ``x``) only those entries are differentiated and the
+    result is a 1-D array of their derivatives, in that order; otherwise it has ``x``'s shape.
 
     ``f`` takes no arguments and reads ``x`` itself (so ``x`` may be a parameter deep inside
     a model). Each entry is restored exactly after use. The error is O(h²) truncation plus
@@ -19,17 +22,17 @@ def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-6) -
         raise TypeError(f"numerical_gradient: x must be a floating numpy.ndarray, got {getattr(x, 'dtype', type(x).__name__)}")
     if not x.flags.writeable:
         raise ValueError("numerical_gradient: x must be writeable (it is perturbed in place)")
-    grad = np.zeros(x.shape, dtype=np.float64)
     flat = x.reshape(-1)
     if not np.shares_memory(flat, x):
         raise ValueError("numerical_gradient: x must be contiguous so that its entries can be perturbed in place")
-    g = grad.reshape(-1)
-    for i in range(flat.size):
+    idx = np.arange(flat.size) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    g = np.empty(len(idx), dtype=np.float64)
+    for j, i in enumerate(idx):
         old = flat[i]
         flat[i] = old + h
         fp = float(f())
         flat[i] = old - h
         fm = float(f())
         flat[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return grad
+        g[j] = (fp - fm) / (2 * h)
+    return g.reshape(x.shape) if indices is None else g

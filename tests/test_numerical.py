@@ -1,0 +1,35 @@
+"""numerical_gradient itself: the yardstick must be right before it measures anything."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastlayers.numerical import numerical_gradient
+
+from .tolerance import numerical_gradient_rtol
+
+
+def test_matches_an_analytic_gradient_and_restores_x():
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    before = x.copy()
+    g = numerical_gradient(lambda: float(np.sum(x**3)), x)
+    np.testing.assert_allclose(g, 3 * before**2, rtol=numerical_gradient_rtol(), atol=1e-8)
+    assert np.array_equal(x, before)
+
+
+def test_selected_indices_in_order():
+    x = np.random.default_rng(1).standard_normal(10)
+    g = numerical_gradient(lambda: float(np.sum(np.sin(x))), x, indices=[7, 2, 2])
+    np.testing.assert_allclose(g, np.cos(x[[7, 2, 2]]), rtol=numerical_gradient_rtol(), atol=1e-8)
+
+
+def test_refuses_what_it_cannot_perturb():
+    with pytest.raises(TypeError, match="floating"):
+        numerical_gradient(lambda: 0.0, np.arange(3))
+    ro = np.zeros(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        numerical_gradient(lambda: 0.0, ro)
+    with pytest.raises(ValueError, match="contiguous"):
+        numerical_gradient(lambda: 0.0, np.zeros((4, 4))[:, :3])
