@@ -253,7 +253,25 @@ def _flatten_features(layer: Layer, x: np.ndarray, features: int) -> np.ndarray:
     return x.reshape(x.shape[0], d)
 
 
-class Affine(Layer):
+class _WeightBias(Layer):
+    """A weight ``W`` (decayed by default) and an optional bias ``b`` of one entry per output."""
+
+    def _weights(self, W: np.ndarray, outputs: int) -> None:
+        self.W = Parameter(np.asarray(W, dtype=self.dtype), "W", regularize=True)
+        self.b = Parameter(np.zeros(outputs, self.dtype), "b", regularize=False) if self.bias else None
+
+    def _own_parameters(self):
+        return [("W", self.W)] + ([("b", self.b)] if self.b is not None else [])
+
+    def _bias(self):
+        # Without a bias the kernel still adds one: zeros, whose gradient is thrown away.
+        if self.b is not None:
+            return self.b.data, self.b.grad
+        n = self.W.shape[1] if self.W.data.ndim == 2 else self.W.shape[0]
+        return np.zeros(n, self.dtype), np.zeros(n, self.dtype)
+
+
+class Affine(_WeightBias):
     """out = x @ W + b; an input of more than two dimensions is flattened per sample."""
 
     def __init__(self, in_features, out_features, init="he_normal", bias=True, dtype=np.float32, rng=None):
@@ -265,18 +283,9 @@ class Affine(Layer):
         gen = _init.as_generator(rng)
         D, M = self.in_features, self.out_features
         W = _init.get(init)((D, M), gen, dtype=self.dtype, fan_in=D, fan_out=M)
-        self.W = Parameter(np.asarray(W, dtype=self.dtype), "W", regularize=True)
-        self.b = Parameter(np.zeros(M, self.dtype), "b", regularize=False) if self.bias else None
+        self._weights(W, M)
         self._cache = None
 
-    def _own_parameters(self):
-        return [("W", self.W)] + ([("b", self.b)] if self.b is not None else [])
-
-    def _bias(self):
-        # Without a bias the kernel still adds one: zeros, whose gradient is thrown away.
-        if self.b is not None:
-            return self.b.data, self.b.grad
-        return np.zeros(self.out_features, self.dtype), np.zeros(self.out_features, self.dtype)
 
     def forward(self, x, train=None):
         x = self._input(x)
@@ -315,7 +324,7 @@ def _out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-class Conv2d(Layer):
+class Conv2d(_WeightBias):
     """2-D convolution (cross-correlation, as in the textbook) over NCHW input."""
 
     def __init__(
@@ -341,17 +350,9 @@ class Conv2d(Layer):
         FN, C, (FH, FW) = self.out_channels, self.in_channels, self.kernel_size
         gen = _init.as_generator(rng)
         W = _init.get(init)((FN, C, FH, FW), gen, dtype=self.dtype, fan_in=C * FH * FW, fan_out=FN * FH * FW)
-        self.W = Parameter(np.asarray(W, dtype=self.dtype), "W", regularize=True)
-        self.b = Parameter(np.zeros(FN, self.dtype), "b", regularize=False) if self.bias else None
+        self._weights(W, FN)
         self._cache = None
 
-    def _own_parameters(self):
-        return [("W", self.W)] + ([("b", self.b)] if self.b is not None else [])
-
-    def _bias(self):
-        if self.b is not None:
-            return self.b.data, self.b.grad
-        return np.zeros(self.out_channels, self.dtype), np.zeros(self.out_channels, self.dtype)
 
     def output_shape(self, input_shape) -> tuple[int, int, int]:
         """(FN, OH, OW) for an input of shape (C, H, W)."""
