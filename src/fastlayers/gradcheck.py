@@ -22,23 +22,8 @@ def _as_float64(model):
         return cfg
 
     copy = _layers.layer_from_config(retype(model.config()))
-    state = model.state_dict() if hasattr(model, "state_dict") else _layer_state(model)
-    for p_name, arr in state.items():
-        state[p_name] = np.ascontiguousarray(arr, dtype=np.float64)
-    if hasattr(copy, "load_state_dict"):
-        copy.load_state_dict(state)
-    else:
-        for name, p in copy.named_parameters():
-            p.data[...] = state[name]
-        for name, buf in copy.buffers().items():
-            buf[...] = state[name]
+    copy.load_state_dict({name: a.astype(np.float64) for name, a in model.state_dict().items()})
     return copy
-
-
-def _layer_state(layer) -> dict:
-    state = {name: p.data.copy() for name, p in layer.named_parameters()}
-    state.update({name: b.copy() for name, b in layer.buffers().items()})
-    return state
 
 
 def gradcheck(

@@ -150,32 +150,25 @@ def uniform(shape, rng=None, dtype=np.float32, fan_in=None, fan_out=None, low=-0
     return _finish(as_generator(rng).uniform(low, high, shape), dt)
 
 
-def _scaled_normal(shape, rng, dtype, std_of: Callable[[int, int], float], fan_in, fan_out, gain) -> np.ndarray:
+def _fan_scaled(shape, rng, dtype, scale_of: Callable[[int, int], float], fan_in, fan_out, gain, uniform: bool) -> np.ndarray:
+    """U[-s, s) or s·N(0, 1), with s = gain * scale_of(fan_in, fan_out)."""
     shape, dt = _shape(shape), _dtype(dtype)
     gain = _nonneg("gain", gain)
     if math.prod(shape) == 0:
         return np.zeros(shape, dtype=dt)
-    std = gain * std_of(*_fans(shape, fan_in, fan_out))
-    return _finish(std * as_generator(rng).standard_normal(shape), dt)
-
-
-def _scaled_uniform(shape, rng, dtype, limit_of: Callable[[int, int], float], fan_in, fan_out, gain) -> np.ndarray:
-    shape, dt = _shape(shape), _dtype(dtype)
-    gain = _nonneg("gain", gain)
-    if math.prod(shape) == 0:
-        return np.zeros(shape, dtype=dt)
-    limit = gain * limit_of(*_fans(shape, fan_in, fan_out))
-    return _finish(as_generator(rng).uniform(-limit, limit, shape), dt)
+    s = gain * scale_of(*_fans(shape, fan_in, fan_out))
+    gen = as_generator(rng)
+    return _finish(gen.uniform(-s, s, shape) if uniform else s * gen.standard_normal(shape), dt)
 
 
 def glorot_uniform(shape, rng=None, dtype=np.float32, fan_in=None, fan_out=None, gain=1.0) -> np.ndarray:
     """U[-a, a) with a = gain*sqrt(6/(fan_in + fan_out)) (Glorot & Bengio 2010); std = a/sqrt(3)."""
-    return _scaled_uniform(shape, rng, dtype, lambda fi, fo: math.sqrt(6.0 / (fi + fo)), fan_in, fan_out, gain)
+    return _fan_scaled(shape, rng, dtype, lambda fi, fo: math.sqrt(6.0 / (fi + fo)), fan_in, fan_out, gain, uniform=True)
 
 
 def glorot_normal(shape, rng=None, dtype=np.float32, fan_in=None, fan_out=None, gain=1.0) -> np.ndarray:
     """N(0, std²) with std = gain*sqrt(2/(fan_in + fan_out)); the textbook's "Xavier" normal."""
-    return _scaled_normal(shape, rng, dtype, lambda fi, fo: math.sqrt(2.0 / (fi + fo)), fan_in, fan_out, gain)
+    return _fan_scaled(shape, rng, dtype, lambda fi, fo: math.sqrt(2.0 / (fi + fo)), fan_in, fan_out, gain, uniform=False)
 
 
 xavier_uniform = glorot_uniform
@@ -184,12 +177,12 @@ xavier_normal = glorot_normal
 
 def he_normal(shape, rng=None, dtype=np.float32, fan_in=None, fan_out=None, gain=1.0) -> np.ndarray:
     """N(0, std²) with std = gain*sqrt(2/fan_in) (He et al. 2015), the default for ReLU layers."""
-    return _scaled_normal(shape, rng, dtype, lambda fi, fo: math.sqrt(2.0 / fi), fan_in, fan_out, gain)
+    return _fan_scaled(shape, rng, dtype, lambda fi, fo: math.sqrt(2.0 / fi), fan_in, fan_out, gain, uniform=False)
 
 
 def he_uniform(shape, rng=None, dtype=np.float32, fan_in=None, fan_out=None, gain=1.0) -> np.ndarray:
     """U[-a, a) with a = gain*sqrt(6/fan_in), the uniform with He's variance 2/fan_in."""
-    return _scaled_uniform(shape, rng, dtype, lambda fi, fo: math.sqrt(6.0 / fi), fan_in, fan_out, gain)
+    return _fan_scaled(shape, rng, dtype, lambda fi, fo: math.sqrt(6.0 / fi), fan_in, fan_out, gain, uniform=True)
 
 
 def orthogonal(shape, rng=None, dtype=np.float32, fan_in=None, fan_out=None, gain=1.0) -> np.ndarray:
