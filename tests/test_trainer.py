@@ -119,3 +119,11 @@ def test_accuracy_accepts_labels_and_one_hot():
     scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     assert accuracy(scores, np.array([1, 0, 0])) == pytest.approx(2 / 3)
     assert accuracy(scores, np.eye(2)[[1, 0, 0]]) == pytest.approx(2 / 3)
+
+
+def test_predict_restores_each_layers_mode():
+    model = layers.Sequential(layers.Affine(4, 3, rng=0), layers.Dropout(0.5), layers.Affine(3, 2, rng=1))
+    model[1].eval()
+    trainer = Trainer(model, losses.SoftmaxCrossEntropy(), optim.SGD(model.parameters()), verbose=False)
+    trainer.predict(np.zeros((5, 4), np.float32))
+    assert [m.training for m in model.modules()] == [True, True, False, True]

@@ -189,16 +189,20 @@ class Trainer:
 
     # -- inference -----------------------------------------------------------------------
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Scores (pre-softmax outputs) for ``x``, in inference mode, batch by batch."""
+        """Scores (pre-softmax outputs) for ``x``, in inference mode, batch by batch; the model's
+        own train/eval modes are restored afterwards."""
         if len(x) == 0:
             raise ValueError("predict: no samples")
+        modules = self.model.modules()
+        modes = [m.training for m in modules]
         self.model.eval()
         try:
             return np.concatenate(
                 [self.model.forward(x[i : i + batch_size], train=False) for i in range(0, len(x), batch_size)]
             )
         finally:
-            self.model.train()
+            for m, mode in zip(modules, modes):
+                m.training = mode
 
     def evaluate(self, x: np.ndarray, t: np.ndarray, batch_size: int = 256) -> dict:
         """Mean loss (without the weight penalty) and accuracy on ``(x, t)`` in inference mode."""
