@@ -9,6 +9,12 @@ namespace fl::bind {
 void bind_affine(py::module_& m);
 void bind_relu(py::module_& m);
 void bind_softmax_cross_entropy(py::module_& m);
+void bind_conv(py::module_& m);
+void bind_pool(py::module_& m);
+void bind_norm(py::module_& m);
+void bind_activations(py::module_& m);
+void bind_mse(py::module_& m);
+void bind_optim(py::module_& m);
 }  // namespace fl::bind
 
 namespace {
@@ -51,4 +57,10 @@ PYBIND11_MODULE(_native, m) {
     fl::bind::bind_affine(m);
     fl::bind::bind_relu(m);
     fl::bind::bind_softmax_cross_entropy(m);
+    fl::bind::bind_conv(m);
+    fl::bind::bind_pool(m);
+    fl::bind::bind_norm(m);
+    fl::bind::bind_activations(m);
+    fl::bind::bind_mse(m);
+    fl::bind::bind_optim(m);
 }

@@ -1,0 +1,7 @@
+#include "checks.h"
+
+namespace fl::bind {
+
+void bind_conv(py::module_& /*m*/) {}
+
+}  // namespace fl::bind

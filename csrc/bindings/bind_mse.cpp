@@ -1,0 +1,7 @@
+#include "checks.h"
+
+namespace fl::bind {
+
+void bind_mse(py::module_& /*m*/) {}
+
+}  // namespace fl::bind
