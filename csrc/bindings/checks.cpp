@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <iterator>
 #include <sstream>
 
 namespace fl::bind {
@@ -103,6 +104,54 @@ void Checker::same_shape(const py::array& a, const char* name, const py::array& 
     if (!ok)
         value_error(std::string("argument '") + name + "' has shape " + shape_str(a) + "; expected " + shape_str(ref) +
                     " (the shape of '" + ref_name + "')");
+}
+
+void Checker::distinct(std::initializer_list<std::pair<const py::array*, const char*>> arrays) const {
+    for (auto i = arrays.begin(); i != arrays.end(); ++i) {
+        for (auto j = std::next(i); j != arrays.end(); ++j) {
+            const py::array& a = *i->first;
+            const py::array& b = *j->first;
+            if (a.nbytes() == 0 || b.nbytes() == 0) continue;
+            // Every array reaching a kernel is C-contiguous, so its bytes are one interval.
+            const char* a0 = static_cast<const char*>(a.data());
+            const char* b0 = static_cast<const char*>(b.data());
+            if (a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes())
+                value_error(std::string("arguments '") + i->second + "' and '" + j->second +
+                            "' overlap in memory; expected distinct arrays (outputs must not alias inputs)");
+        }
+    }
+}
+
+namespace {
+std::string type_name(py::handle v) {
+    return py::str(py::type::handle_of(v).attr("__name__")).cast<std::string>();
+}
+bool is_int(py::handle v) {
+    return !py::isinstance<py::bool_>(v) &&
+           (py::isinstance<py::int_>(v) || py::isinstance(v, py::module_::import("numpy").attr("integer")));
+}
+}  // namespace
+
+i64 Checker::positive_int(py::handle v, const char* name) const {
+    if (!is_int(v)) type_error(std::string("argument '") + name + "' must be an int; got " + type_name(v));
+    const i64 r = v.cast<i64>();
+    if (r < 1) value_error(std::string("argument '") + name + "' must be >= 1; got " + std::to_string(r));
+    return r;
+}
+
+i64 Checker::nonnegative_int(py::handle v, const char* name) const {
+    if (!is_int(v)) type_error(std::string("argument '") + name + "' must be an int; got " + type_name(v));
+    const i64 r = v.cast<i64>();
+    if (r < 0) value_error(std::string("argument '") + name + "' must be >= 0; got " + std::to_string(r));
+    return r;
+}
+
+double Checker::real(py::handle v, const char* name) const {
+    const bool ok = !py::isinstance<py::bool_>(v) &&
+                    (is_int(v) || py::isinstance<py::float_>(v) ||
+                     py::isinstance(v, py::module_::import("numpy").attr("floating")));
+    if (!ok) type_error(std::string("argument '") + name + "' must be a real number; got " + type_name(v));
+    return v.cast<double>();
 }
 
 Arr input(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like) {

@@ -8,6 +8,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
+#include <utility>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,6 +44,17 @@ struct Checker {
     // Shape equal to `want` (entries -1 match anything).
     void shape(const py::array& a, const char* name, const Shape& want) const;
     void same_shape(const py::array& a, const char* name, const py::array& ref, const char* ref_name) const;
+    // No two of the named arrays share a byte of memory. Kernels read inputs while writing
+    // outputs, so an output that aliases an input (or another output) would give an answer
+    // that depends on loop order and thread count; every kernel refuses it unless its
+    // contract says it works in place (the *_update kernels).
+    void distinct(std::initializer_list<std::pair<const py::array*, const char*>> arrays) const;
+
+    // Hyper-parameters, checked like fastlayers.reference._checks: a non-int (bool included)
+    // or non-real is a TypeError, an out-of-range value a ValueError.
+    i64 positive_int(py::handle v, const char* name) const;
+    i64 nonnegative_int(py::handle v, const char* name) const;
+    double real(py::handle v, const char* name) const;
 
     [[noreturn]] void value_error(const std::string& msg) const;
     [[noreturn]] void type_error(const std::string& msg) const;

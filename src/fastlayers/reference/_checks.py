@@ -102,6 +102,17 @@ class Checker:
                 f"(the shape of '{ref_name}')"
             )
 
+    def distinct(self, **arrays) -> None:
+        """No two of the named arrays share memory (outputs must not alias inputs)."""
+        items = [(n, a) for n, a in arrays.items() if a is not None]
+        for i, (na, a) in enumerate(items):
+            for nb, b in items[i + 1 :]:
+                if a.size and b.size and np.shares_memory(a, b):
+                    self.value_error(
+                        f"arguments '{na}' and '{nb}' overlap in memory; "
+                        "expected distinct arrays (outputs must not alias inputs)"
+                    )
+
     def positive_int(self, v, name: str) -> int:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             self.type_error(f"argument '{name}' must be an int; got {type(v).__name__}")
