@@ -55,7 +55,9 @@ PROBE = textwrap.dedent(
 
 
 def pair_ratio(mode: str) -> tuple[float, dict]:
-    env = {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"}
+    # The thread settings under test replace whatever the caller set; the rest (PYTHONPATH,
+    # a virtual environment) is kept so the subprocess imports the same fastlayers.
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True)
     med = json.loads(out.stdout)
     return med["pair"] / (med["gemm"] + med["relu"]), med
