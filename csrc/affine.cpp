@@ -2,6 +2,8 @@
 #include "blas.h"
 #include "kernels.h"
 
+#include <vector>
+
 namespace fl {
 
 // out (N,M) = x (N,D) @ W (D,M) + b (M,)
@@ -34,9 +36,43 @@ void affine_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
     }, 64);
 }
 
+// out (N,M) = max(x @ W + b, 0). The ReLU runs on each block of rows right after the GEMM
+// has written it, while it is still in cache, instead of as a separate layer's pass.
+template <class T>
+void affine_relu_forward(T* out, const T* x, const T* W, const T* b, i64 N, i64 D, i64 M) {
+    affine_forward(out, x, W, b, N, D, M);
+    parallel_chunks(N * M, [&](i64 i0, i64 i1) {
+        for (i64 i = i0; i < i1; ++i) out[i] = out[i] > T(0) || out[i] != out[i] ? out[i] : T(0);
+    }, 1 << 15);
+}
+
+// With z = x W + b and out = max(z, 0):
+//   dz (N,M) = dout where out > 0 else 0   (out > 0 exactly where z > 0)
+//   then dx, dW, db from dz as in affine_backward.
+// dz needs a scratch of N*M; the caller's dout must not be overwritten.
+template <class T>
+void affine_relu_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out, i64 N, i64 D,
+                          i64 M) {
+    std::vector<T> dz(static_cast<size_t>(checked_mul(N, M)));
+    T* g = dz.data();
+    parallel_chunks(N * M, [&](i64 i0, i64 i1) {
+        for (i64 i = i0; i < i1; ++i) g[i] = out[i] > T(0) ? dout[i] : T(0);
+    }, 1 << 15);
+    affine_backward(dx, dW, db, g, x, W, N, D, M);
+}
+
 template void affine_forward<float>(float*, const float*, const float*, const float*, i64, i64, i64);
 template void affine_forward<double>(double*, const double*, const double*, const double*, i64, i64, i64);
 template void affine_backward<float>(float*, float*, float*, const float*, const float*, const float*, i64, i64, i64);
 template void affine_backward<double>(double*, double*, double*, const double*, const double*, const double*, i64, i64, i64);
 
+}  // namespace fl
+
+namespace fl {
+template void affine_relu_forward<float>(float*, const float*, const float*, const float*, i64, i64, i64);
+template void affine_relu_forward<double>(double*, const double*, const double*, const double*, i64, i64, i64);
+template void affine_relu_backward<float>(float*, float*, float*, const float*, const float*, const float*, const float*,
+                                          i64, i64, i64);
+template void affine_relu_backward<double>(double*, double*, double*, const double*, const double*, const double*,
+                                           const double*, i64, i64, i64);
 }  // namespace fl

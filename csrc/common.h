@@ -17,6 +17,15 @@ namespace fl {
 
 using i64 = std::int64_t;
 
+// a * b for sizes that will size an allocation or index a buffer: refuses negative operands
+// and any product that does not fit int64, before anything is allocated.
+inline i64 checked_mul(i64 a, i64 b) {
+    i64 r;
+    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r))
+        throw std::overflow_error("size " + std::to_string(a) + " x " + std::to_string(b) + " overflows int64");
+    return r;
+}
+
 // Runs body(i) for i in [0, n) on the OpenMP pool. An exception thrown by any iteration
 // must not escape an OpenMP region (that terminates the process), so the first one is
 // captured, the remaining iterations are skipped, and it is rethrown on the caller's thread.

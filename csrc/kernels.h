@@ -13,6 +13,11 @@ template <class T>
 void affine_forward(T* out, const T* x, const T* W, const T* b, i64 N, i64 D, i64 M);
 template <class T>
 void affine_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, i64 N, i64 D, i64 M);
+template <class T>
+void affine_relu_forward(T* out, const T* x, const T* W, const T* b, i64 N, i64 D, i64 M);
+template <class T>
+void affine_relu_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out, i64 N, i64 D,
+                          i64 M);
 
 // ---- relu.cpp
 template <class T>

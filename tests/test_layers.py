@@ -547,3 +547,59 @@ def test_loss_config_round_trip():
         losses.loss_from_config({"type": "Hinge"})
     with pytest.raises(RuntimeError, match="before forward"):
         losses.MeanSquaredError().backward()
+
+
+@pytest.mark.parametrize("name", ["native", "numpy"])
+def test_fused_relu_pairs_give_the_unfused_numbers(name):
+    """Sequential(fuse=True) runs Conv2d/Affine/BatchNorm + ReLU as one kernel; the fused
+    kernels only apply the ReLU inside the layer's own kernel, so every number is the same."""
+    from fastlayers import models
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    dout = rng.standard_normal((3, 10)).astype(np.float32)
+    results = {}
+    with backend.use(name):
+        for fuse in (True, False):
+            model = models.deep_cnn(seed=0, batchnorm=True, dropout=0.0)
+            model.fuse = fuse
+            out = model.forward(x, train=True)
+            dx = model.backward(dout)
+            grads = {k: p.grad.copy() for k, p in model.named_parameters()}
+            model.eval()
+            out_eval = model.forward(x)
+            results[fuse] = out, dx, grads, out_eval, model.state_dict()
+    (o1, dx1, g1, e1, s1), (o2, dx2, g2, e2, s2) = results[True], results[False]
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_array_equal(dx1, dx2)
+    np.testing.assert_array_equal(e1, e2)
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+    for k in s1:
+        np.testing.assert_array_equal(s1[k], s2[k], err_msg=k)
+
+
+def test_sequential_fuses_only_a_relu_directly_after_a_fusable_layer():
+    calls = []
+    layers = [L.Affine(4, 3, rng=0), L.ReLU(), L.ReLU(), L.Sigmoid(), L.Affine(3, 2, rng=1), L.LeakyReLU()]
+    seq = L.Sequential(*layers)
+    for layer in layers:
+        for method in ("forward", "forward_relu"):
+            if hasattr(layer, method):
+                orig = getattr(layer, method)
+
+                def spy(x, train=None, _orig=orig, _layer=layer, _method=method):
+                    calls.append((type(_layer).__name__, _method))
+                    return _orig(x, train)
+
+                setattr(layer, method, spy)
+    seq.forward(np.ones((2, 4), np.float32))
+    assert calls == [("Affine", "forward_relu"), ("ReLU", "forward"), ("Sigmoid", "forward"),
+                     ("Affine", "forward"), ("LeakyReLU", "forward")]
+    assert seq.backward(np.ones((2, 2), np.float32)).shape == (2, 4)
+    assert L.layer_from_config(L.Sequential(L.ReLU(), fuse=False).config()).fuse is False
+
+
+def test_sequential_backward_before_forward_is_an_error():
+    with pytest.raises(RuntimeError, match="before forward"):
+        L.Sequential(L.ReLU()).backward(np.ones(3, np.float32))

@@ -13,7 +13,7 @@ import fastlayers
 from fastlayers import reference
 from fastlayers.backend import _native
 
-from .tolerance import assert_close_elementwise, assert_close_reduction
+from .tolerance import assert_close_elementwise, assert_close_reduction, numerical_gradient_rtol
 
 DTYPES = [np.float32, np.float64]
 # 1, primes and sizes that are not multiples of any SIMD width or GEMM tile.
@@ -144,3 +144,70 @@ def test_native_backend_matches_numpy_backend_end_to_end_small():
             K.affine_forward(out, x, W, b)
             outs[name] = out
     assert_close_reduction(outs["native"], outs["numpy"], np.abs(x) @ np.abs(W) + np.abs(b), 7, np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,D,M", AFFINE_SHAPES)
+def test_affine_relu_matches_affine_then_relu(dtype, N, D, M):
+    """The fused kernels against the oracle, and the oracle against its two unfused parts."""
+    rng = np.random.default_rng(5 + N * 1000 + D * 10 + M)
+    x, W, b = rand(rng, (N, D), dtype), rand(rng, (D, M), dtype), rand(rng, (M,), dtype)
+    dout = rand(rng, (N, M), dtype)
+    dW0, db0 = rand(rng, (D, M), dtype), rand(rng, (M,), dtype)
+    outs, grads = {}, {}
+    for name, impl in (("native", _native), ("numpy", reference)):
+        out = np.full((N, M), np.nan, dtype)
+        impl.affine_relu_forward(out, x, W, b)
+        dx, dW, db = np.full((N, D), np.nan, dtype), dW0.copy(), db0.copy()
+        impl.affine_relu_backward(dx, dW, db, dout, x, W, out)
+        outs[name], grads[name] = out, (dx, dW, db)
+    z = np.empty((N, M), dtype)
+    reference.affine_forward(z, x, W, b)
+    # The ReLU selects; only the GEMM rounds, so the fused oracle equals the unfused one exactly.
+    np.testing.assert_array_equal(outs["numpy"], np.maximum(z, 0))
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(W) + np.abs(b)
+    assert_close_reduction(outs["native"], outs["numpy"], magnitude, D + 1, dtype, "out")
+    # Compare backward on the same mask: take the oracle's out for both.
+    dx, dW, db = np.full((N, D), np.nan, dtype), dW0.copy(), db0.copy()
+    _native.affine_relu_backward(dx, dW, db, dout, x, W, outs["numpy"])
+    rdx, rdW, rdb = grads["numpy"]
+    g = np.abs(np.where(outs["numpy"] > 0, dout, 0)).astype(np.float64)
+    ax, aW = np.abs(x).astype(np.float64), np.abs(W).astype(np.float64)
+    assert_close_reduction(dx, rdx, g @ aW.T, M, dtype, "dx")
+    assert_close_reduction(dW, rdW, ax.T @ g + np.abs(dW0), N + 1, dtype, "dW")
+    assert_close_reduction(db, rdb, g.sum(0) + np.abs(db0), N + 1, dtype, "db")
+
+
+def test_affine_relu_oracle_backward_is_the_gradient():
+    from fastlayers.numerical import numerical_gradient
+
+    rng = np.random.default_rng(2)
+    x, W, b = rng.standard_normal((4, 5)), rng.standard_normal((5, 3)), rng.standard_normal(3)
+    w = rng.standard_normal((4, 3))  # loss = sum(w * out): dout = w
+
+    def loss():  # numerical_gradient perturbs x in place
+        out = np.empty((4, 3))
+        reference.affine_relu_forward(out, x, W, b)
+        return float((w * out).sum())
+
+    out = np.empty((4, 3))
+    reference.affine_relu_forward(out, x, W, b)
+    assert (np.abs(x @ W + b) > 1e-3).all(), "a kink within the difference step would make the check meaningless"
+    dx, dW, db = np.empty_like(x), np.zeros_like(W), np.zeros_like(b)
+    reference.affine_relu_backward(dx, dW, db, w, x, W, out)
+    np.testing.assert_allclose(dx, numerical_gradient(loss, x), rtol=numerical_gradient_rtol(), atol=1e-8)
+    np.testing.assert_allclose(dW, numerical_gradient(loss, W), rtol=numerical_gradient_rtol(), atol=1e-8)
+    np.testing.assert_allclose(db, numerical_gradient(loss, b), rtol=numerical_gradient_rtol(), atol=1e-8)
+
+
+@pytest.mark.parametrize("impl", [_native, reference], ids=["native", "numpy"])
+def test_affine_kernels_refuse_aliased_outputs(impl):
+    x = np.ones((3, 3), np.float32)
+    W, b = np.ones((3, 3), np.float32), np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        impl.affine_forward(x, x, W, b)
+    with pytest.raises(ValueError, match="overlap"):
+        impl.affine_relu_backward(np.empty((3, 3), np.float32), W, b, x, x, W, x)
+    buf = np.zeros(12, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        impl.relu_forward(buf[2:8], buf[:6])

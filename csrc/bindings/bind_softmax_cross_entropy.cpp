@@ -44,6 +44,7 @@ void bind_softmax_cross_entropy(py::module_& m) {
             if (K < 1) c.value_error("argument 'logits' must have at least one class; got shape " + shape_str(logits.a));
             c.same_shape(probs.a, "probs", logits.a, "logits");
             Targets t = check_targets(c, t_, logits.dtype, N, K);
+            c.distinct({{&probs.a, "probs"}, {&logits.a, "logits"}, {&t.a, "t"}});
             return dispatch(logits.dtype, [&](auto tag) {
                 using T = decltype(tag);
                 py::gil_scoped_release nogil;
@@ -56,7 +57,7 @@ void bind_softmax_cross_entropy(py::module_& m) {
 
     m.def(
         "softmax_cross_entropy_backward",
-        [](py::object dlogits_, py::object probs_, py::object t_, double dloss) {
+        [](py::object dlogits_, py::object probs_, py::object t_, py::object dloss_) {
             Checker c{"softmax_cross_entropy_backward"};
             Arr probs = input(c, probs_, "probs", std::nullopt, nullptr);
             Arr dlogits = output(c, dlogits_, "dlogits", probs.dtype, "probs");
@@ -64,6 +65,8 @@ void bind_softmax_cross_entropy(py::module_& m) {
             const i64 N = probs.dim(0), K = probs.dim(1);
             c.same_shape(dlogits.a, "dlogits", probs.a, "probs");
             Targets t = check_targets(c, t_, probs.dtype, N, K);
+            c.distinct({{&dlogits.a, "dlogits"}, {&probs.a, "probs"}, {&t.a, "t"}});
+            const double dloss = c.real(dloss_, "dloss");
             dispatch(probs.dtype, [&](auto tag) {
                 using T = decltype(tag);
                 py::gil_scoped_release nogil;
@@ -71,7 +74,7 @@ void bind_softmax_cross_entropy(py::module_& m) {
                                                   static_cast<const T*>(t.dist), dloss, N, K);
             });
         },
-        py::arg("dlogits"), py::arg("probs"), py::arg("t"), py::arg("dloss") = 1.0,
+        py::arg("dlogits"), py::arg("probs"), py::arg("t"), py::arg("dloss") = py::float_(1.0),
         "dlogits = dloss * (probs - onehot(t)) / N");
 }
 

@@ -109,6 +109,7 @@ void Checker::same_shape(const py::array& a, const char* name, const py::array& 
 void Checker::distinct(std::initializer_list<std::pair<const py::array*, const char*>> arrays) const {
     for (auto i = arrays.begin(); i != arrays.end(); ++i) {
         for (auto j = std::next(i); j != arrays.end(); ++j) {
+            if (!i->first || !j->first) continue;  // an optional output that was None
             const py::array& a = *i->first;
             const py::array& b = *j->first;
             if (a.nbytes() == 0 || b.nbytes() == 0) continue;

@@ -47,7 +47,8 @@ struct Checker {
     // No two of the named arrays share a byte of memory. Kernels read inputs while writing
     // outputs, so an output that aliases an input (or another output) would give an answer
     // that depends on loop order and thread count; every kernel refuses it unless its
-    // contract says it works in place (the *_update kernels).
+    // contract says it works in place (the *_update kernels). A null pointer (an optional
+    // output given as None) is skipped.
     void distinct(std::initializer_list<std::pair<const py::array*, const char*>> arrays) const;
 
     // Hyper-parameters, checked like fastlayers.reference._checks: a non-int (bool included)

@@ -47,6 +47,11 @@ PYBIND11_MODULE(_native, m) {
         d["blas_core"] = fl::blas::corename();
         d["blas_threads"] = fl::blas::num_threads();
         d["blas_threading"] = fl::threads::blas_threading();
+#ifdef FASTLAYERS_SANITIZED
+        d["sanitize"] = true;
+#else
+        d["sanitize"] = false;
+#endif
         return d;
     });
     m.def("set_num_threads", &fl::threads::set_num_threads, py::arg("n"));

@@ -120,6 +120,16 @@ class Layer:
     def _is_training(self, train) -> bool:
         return self.training if train is None else bool(train)
 
+    # Layers that can apply a following ReLU inside their own kernel (Affine, Conv2d,
+    # BatchNorm) set this and implement ``forward_relu``; Sequential then runs such a pair as
+    # one call, which saves a full pass over the activations in each direction.
+    fuses_relu: bool = False
+
+    def forward_relu(self, x, train=None) -> np.ndarray:
+        """``max(forward(x), 0)`` in one kernel; the next ``backward`` then takes the gradient
+        of that output and returns the gradient through both."""
+        raise NotImplementedError(f"{self._tag()} cannot fuse a ReLU")
+
     # -- parameters and state ------------------------------------------------------------
     def _own_parameters(self) -> list[tuple[str, Parameter]]:
         return []
@@ -287,19 +297,32 @@ class Affine(_WeightBias):
         self._cache = None
 
 
+    fuses_relu = True
+
     def forward(self, x, train=None):
+        return self._forward(x, relu=False)
+
+    def forward_relu(self, x, train=None):
+        return self._forward(x, relu=True)
+
+    def _forward(self, x, relu: bool):
         x = self._input(x)
         x2 = _flatten_features(self, x, self.in_features)
         out = np.empty((x2.shape[0], self.out_features), self.dtype)
-        backend.kernels().affine_forward(out, x2, self.W.data, self._bias()[0])
-        self._cache = (x.shape, x2, out)
+        k = backend.kernels()
+        (k.affine_relu_forward if relu else k.affine_forward)(out, x2, self.W.data, self._bias()[0])
+        self._cache = (x.shape, x2, out, relu)
         return out
 
     def backward(self, dout):
-        shape, x2, out = self._cached(self._cache)
+        shape, x2, out, relu = self._cached(self._cache)
         dout = self._dout(dout, out)
         dx = np.empty(x2.shape, self.dtype) if self.needs_input_grad else None
-        backend.kernels().affine_backward(dx, self.W.grad, self._bias()[1], dout, x2, self.W.data)
+        k = backend.kernels()
+        if relu:
+            k.affine_relu_backward(dx, self.W.grad, self._bias()[1], dout, x2, self.W.data, out)
+        else:
+            k.affine_backward(dx, self.W.grad, self._bias()[1], dout, x2, self.W.data)
         return None if dx is None else dx.reshape(shape)
 
     def _tag(self):
@@ -360,7 +383,15 @@ class Conv2d(_WeightBias):
         (FH, FW), s, p = self.kernel_size, self.stride, self.padding
         return self.out_channels, _out_size(H, FH, s, p), _out_size(W, FW, s, p)
 
+    fuses_relu = True
+
     def forward(self, x, train=None):
+        return self._forward(x, relu=False)
+
+    def forward_relu(self, x, train=None):
+        return self._forward(x, relu=True)
+
+    def _forward(self, x, relu: bool):
         x = self._input(x)
         _check_images(self, x)
         N, C, H, W = x.shape
@@ -373,17 +404,22 @@ class Conv2d(_WeightBias):
             )
         _, OH, OW = self.output_shape((C, H, W))
         out = np.empty((N, self.out_channels, OH, OW), self.dtype)
-        backend.kernels().conv2d_forward(out, x, self.W.data, self._bias()[0], self.stride, p)
-        self._cache = (x, out)
+        k = backend.kernels()
+        (k.conv2d_relu_forward if relu else k.conv2d_forward)(out, x, self.W.data, self._bias()[0], self.stride, p)
+        self._cache = (x, out, relu)
         return out
 
     def backward(self, dout):
-        x, out = self._cached(self._cache)
+        x, out, relu = self._cached(self._cache)
         dout = self._dout(dout, out)
         dx = np.empty_like(x) if self.needs_input_grad else None
-        backend.kernels().conv2d_backward(
-            dx, self.W.grad, self._bias()[1], dout, x, self.W.data, self.stride, self.padding
-        )
+        k = backend.kernels()
+        if relu:
+            k.conv2d_relu_backward(
+                dx, self.W.grad, self._bias()[1], dout, x, self.W.data, out, self.stride, self.padding
+            )
+        else:
+            k.conv2d_backward(dx, self.W.grad, self._bias()[1], dout, x, self.W.data, self.stride, self.padding)
         return dx
 
     def _tag(self):
@@ -544,7 +580,15 @@ class BatchNorm(Layer):
     def _own_buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
+    fuses_relu = True
+
     def forward(self, x, train=None):
+        return self._forward(x, train, relu=False)
+
+    def forward_relu(self, x, train=None):
+        return self._forward(x, train, relu=True)
+
+    def _forward(self, x, train, relu: bool):
         x = self._input(x)
         if x.ndim not in (2, 4):
             raise ValueError(f"{self._tag()}: input must be (N, D) or (N, C, H, W); got shape {x.shape}")
@@ -556,24 +600,32 @@ class BatchNorm(Layer):
         if self._is_training(train):
             mean = np.empty(self.num_features, self.dtype)
             invstd = np.empty(self.num_features, self.dtype)
-            k.batchnorm_forward_train(
+            kernel = k.batchnorm_relu_forward_train if relu else k.batchnorm_forward_train
+            kernel(
                 out, mean, invstd, self.running_mean, self.running_var,
                 x, self.gamma.data, self.beta.data, self.momentum, self.eps,
             )
-            self._cache = ("train", x, out, mean, invstd)
+            self._cache = ("train", x, out, mean, invstd, relu)
         else:
-            k.batchnorm_forward_eval(out, x, self.gamma.data, self.beta.data, self.running_mean, self.running_var, self.eps)
-            self._cache = ("eval", x, out, self.running_mean.copy(), self.running_var.copy())
+            kernel = k.batchnorm_relu_forward_eval if relu else k.batchnorm_forward_eval
+            kernel(out, x, self.gamma.data, self.beta.data, self.running_mean, self.running_var, self.eps)
+            self._cache = ("eval", x, out, self.running_mean.copy(), self.running_var.copy(), relu)
         return out
 
     def backward(self, dout):
-        mode, x, out, a, b = self._cached(self._cache)
+        mode, x, out, a, b, relu = self._cached(self._cache)
         dout = self._dout(dout, out)
         k = backend.kernels()
         dx = np.empty_like(x)
-        if mode == "train":
+        if mode == "train" and relu:
+            k.batchnorm_relu_backward(dx, self.gamma.grad, self.beta.grad, dout, x, self.gamma.data, a, b, out)
+        elif mode == "train":
             k.batchnorm_backward(dx, self.gamma.grad, self.beta.grad, dout, x, self.gamma.data, a, b)
         else:
+            if relu:
+                g = np.empty_like(dout)
+                k.relu_backward(g, dout, out)
+                dout = g
             # In evaluation BatchNorm is the fixed per-channel map y = gamma*xhat + beta with
             # xhat = (x - running_mean)/sqrt(running_var + eps). The eval kernel applied to
             # dout with a zero mean and beta yields exactly gamma*dout/sqrt(running_var + eps).
@@ -906,14 +958,22 @@ class RBF(Layer):
 
 
 class Sequential(Layer):
-    """Layers applied in order; parameters are named "<index>.<name>" ("2.1.W" when nested)."""
+    """Layers applied in order; parameters are named "<index>.<name>" ("2.1.W" when nested).
 
-    def __init__(self, *layers: Layer):
+    With ``fuse=True`` (the default) an Affine, Conv2d or BatchNorm directly followed by a
+    ReLU runs as one fused kernel (``affine_relu_forward`` and friends): the same numbers,
+    one pass over the activations fewer in each direction. The ReLU layer object is then
+    skipped. ``fuse=False`` runs every layer on its own.
+    """
+
+    def __init__(self, *layers: Layer, fuse: bool = True):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} must be a Layer, got {type(layer).__name__}")
         self.layers: list[Layer] = list(layers)
+        self.fuse = bool(fuse)
         self._needs_input_grad = True
+        self._plan: list[Layer] = []
 
     @property
     def needs_input_grad(self) -> bool:
@@ -927,12 +987,26 @@ class Sequential(Layer):
             self.layers[0].needs_input_grad = bool(value)
 
     def forward(self, x, train=None):
-        for layer in self.layers:
-            x = layer.forward(x, train)
+        # The plan records which layers ran, so backward visits exactly those: a ReLU fused
+        # into the layer before it has no backward of its own.
+        layers, plan = self.layers, []
+        i, n = 0, len(layers)
+        while i < n:
+            layer = layers[i]
+            if self.fuse and layer.fuses_relu and i + 1 < n and type(layers[i + 1]) is ReLU:
+                x = layer.forward_relu(x, train)
+                i += 2
+            else:
+                x = layer.forward(x, train)
+                i += 1
+            plan.append(layer)
+        self._plan = plan
         return x
 
     def backward(self, dout):
-        for layer in reversed(self.layers):
+        if self.layers and not self._plan:
+            raise RuntimeError(f"{self._tag()}: backward called before forward")
+        for layer in reversed(self._plan):
             dout = layer.backward(dout)
             if dout is None:
                 break
@@ -968,14 +1042,17 @@ class Sequential(Layer):
             layer.set_rng(child)
 
     def config(self):
-        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+        cfg = {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+        if not self.fuse:
+            cfg["fuse"] = False
+        return cfg
 
     def __len__(self) -> int:
         return len(self.layers)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Sequential(*self.layers[index])
+            return Sequential(*self.layers[index], fuse=self.fuse)
         return self.layers[index]
 
     def __iter__(self):
@@ -1011,7 +1088,7 @@ def layer_from_config(cfg: dict) -> Layer:
         raise ValueError(f"layer_from_config: unknown layer type {name!r}; known: {', '.join(sorted(LAYERS))}")
     cls = LAYERS[name]
     if issubclass(cls, Sequential):
-        return cls(*[layer_from_config(c) for c in kwargs.get("layers", [])])
+        return cls(*[layer_from_config(c) for c in kwargs.get("layers", [])], fuse=kwargs.get("fuse", True))
     try:
         return cls(**kwargs)
     except TypeError as e:

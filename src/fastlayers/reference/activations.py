@@ -37,6 +37,7 @@ def _unary(kernel: str, out, x, out_name: str = "out"):
     x = c.input(x, "x")
     out = c.output(out, out_name, x, "x")
     c.same_shape(out, out_name, x, "x")
+    c.distinct(**{out_name: out, "x": x})
     return c, out, x
 
 
@@ -47,6 +48,7 @@ def _unary_backward(kernel: str, dx, dout, x, x_name: str = "x"):
     dx = c.output(dx, "dx", x, x_name)
     c.same_shape(dout, "dout", x, x_name)
     c.same_shape(dx, "dx", x, x_name)
+    c.distinct(dx=dx, dout=dout, **{x_name: x})
     return c, dx, dout, x
 
 

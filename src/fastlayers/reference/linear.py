@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from ._checks import Checker
+import numpy as np
 
-__all__ = ["affine_forward", "affine_backward"]
+from ._checks import Checker
+from .activations import relu_backward, relu_forward
+
+__all__ = ["affine_forward", "affine_backward", "affine_relu_forward", "affine_relu_backward"]
 
 
 def affine_forward(out, x, W, b):
@@ -21,6 +24,7 @@ def affine_forward(out, x, W, b):
     M = W.shape[1]
     c.shape(b, "b", (M,))
     c.shape(out, "out", (N, M))
+    c.distinct(out=out, x=x, W=W, b=b)
     out[...] = x @ W + b
 
 
@@ -43,7 +47,27 @@ def affine_backward(dx, dW, db, dout, x, W):
         c.shape(dx, "dx", (N, D))
     c.shape(dW, "dW", (D, M))
     c.shape(db, "db", (M,))
+    c.distinct(dx=dx, dW=dW, db=db, dout=dout, x=x, W=W)
     if dx is not None:
         dx[...] = dout @ W.T
     dW += x.T @ dout
     db += dout.sum(axis=0)
+
+
+def affine_relu_forward(out, x, W, b):
+    """out (N,M) = max(x @ W + b, 0): Affine followed by ReLU in one kernel."""
+    affine_forward(out, x, W, b)
+    relu_forward(out, out.copy())
+
+
+def affine_relu_backward(dx, dW, db, dout, x, W, out):
+    """The backward of affine_relu_forward, given its output ``out``: the ReLU passes dout
+    where out > 0, then as affine_backward."""
+    c = Checker("affine_relu_backward")
+    out = c.input(out, "out")
+    dout = c.input(dout, "dout", out, "out")
+    c.same_shape(dout, "dout", out, "out")
+    c.distinct(dx=dx, dW=dW, db=db, out=out)
+    dz = np.empty_like(dout)
+    relu_backward(dz, dout, out)
+    affine_backward(dx, dW, db, dz, x, W)
