@@ -626,3 +626,319 @@ def test_load_state_dict_errors_name_the_key_and_change_nothing():
     other = optim.Adam([Parameter(np.zeros(3), "x"), Parameter(np.zeros(2), "y")])
     with pytest.raises(ValueError, match="'state.0.m'"):
         other.load_state_dict(good)
+
+
+# ---------------------------------------------------------------------------------------
+# Flat buffers: the optimizer packs its parameters into one buffer per group
+
+
+def _mixed_params(seed=0):
+    """Weights (2-D and 4-D), biases, BatchNorm-like vectors, a float64 pair and an empty one."""
+    rng = np.random.default_rng(seed)
+
+    def P(shape, name, reg, dtype=np.float32):
+        return Parameter(rng.standard_normal(shape).astype(dtype), name, regularize=reg)
+
+    return [
+        P((5, 4), "W1", True), P((4,), "b1", False), P((3, 2, 3, 3), "conv", True), P((3,), "cb", False),
+        P((4,), "gamma", False), P((4,), "beta", False), P((4, 3), "W2", True),
+        P((3, 2), "W64", True, np.float64), P((2,), "b64", False, np.float64),
+        P((0, 3), "empty", True), P((6, 0), "empty_bias", False),
+    ]
+
+
+def _fill_grads(params, rng):
+    for p in params:
+        p.grad += (rng.standard_normal(p.shape) * 0.5).astype(p.dtype)
+
+
+def _groups_by_base(params, attr="data"):
+    bases: dict[int, list[str]] = {}
+    for p in params:
+        a = getattr(p, attr)
+        assert a.base is not None, f"{p.name}.{attr} is not a view"
+        bases.setdefault(id(a.base), []).append(p.name)
+    return sorted(sorted(v) for v in bases.values())
+
+
+EXPECTED_GROUPS = sorted(sorted(g) for g in (
+    ["W1", "conv", "W2", "empty"], ["b1", "cb", "gamma", "beta", "empty_bias"], ["W64"], ["b64"]))
+
+
+@pytest.mark.parametrize("name", optim.NAMES)
+def test_params_become_views_of_one_buffer_per_group(name):
+    params = _mixed_params()
+    before = [(p.data.copy(), p.grad.copy(), p.data.dtype, p.shape) for p in params]
+    opt = optim.get(name, params, weight_decay=0.1)
+    for p, (data, grad, dtype, shape) in zip(params, before):
+        assert p.data.dtype == dtype and p.shape == shape and p.grad.shape == shape
+        assert p.data.flags.c_contiguous and p.data.flags.writeable
+        np.testing.assert_array_equal(p.data, data)  # values carried over
+        np.testing.assert_array_equal(p.grad, grad)
+    assert _groups_by_base(params, "data") == EXPECTED_GROUPS
+    assert _groups_by_base(params, "grad") == EXPECTED_GROUPS
+    # The segments tile each buffer exactly, back to back, with no overlap.
+    for p in params:
+        assert p.data.base.size == sum(q.data.size for q in params if q.data.base is p.data.base)
+        assert not np.shares_memory(p.data, p.grad)
+    for i, p in enumerate(params):
+        for s in opt.state[i].values():
+            assert s.base is not None and s.shape == p.shape and not np.shares_memory(s, p.data)
+    # regularize="all" puts weights and biases of one dtype together.
+    params = _mixed_params()
+    optim.get(name, params, regularize="all")
+    assert len({id(p.data.base) for p in params}) == 2
+
+
+def _recording_table(monkeypatch, calls):
+    """Wraps every kernel of both backends so that each call is recorded with its first argument."""
+    for backend_name in BACKENDS:
+        table = backend._TABLES[backend_name]
+
+        def wrap(name, f):
+            def g(*args):
+                calls.append((name, args[0]))
+                return f(*args)
+            return g
+
+        spy = SimpleNamespace(**{n: wrap(n, getattr(table, n)) for n in backend.KERNEL_NAMES})
+        monkeypatch.setitem(backend._TABLES, backend_name, spy)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_one_kernel_call_per_group(monkeypatch, backend_name):
+    calls = []
+    _recording_table(monkeypatch, calls)
+    params = _mixed_params()
+    opt = optim.Adam(params, weight_decay=0.1, l1=0.01)
+    with backend.use(backend_name):
+        opt.zero_grad()
+        assert calls == []  # zeroing is one fill per gradient buffer, no kernel
+        _fill_grads(params, np.random.default_rng(1))
+        opt.step()
+        assert [n for n, _ in calls] == ["adam_update"] * 4
+        # Each call covers a whole buffer: 5*4 + 3*2*3*3 + 4*3 + 0 float32 weights, and so on.
+        assert sorted(a.size for _, a in calls) == sorted([2, 6, 4 + 3 + 4 + 4 + 0, 20 + 54 + 12 + 0])
+        calls.clear()
+        opt.penalty()
+        assert sorted(n for n, _ in calls) == ["sum_abs", "sum_abs", "sum_squares", "sum_squares"]
+        calls.clear()
+        opt.max_norm = 1.0
+        opt.step()
+        # max-norm runs per 2-D or 4-D weight (W1, conv, W2, W64; not the empty one).
+        names = [n for n, _ in calls]
+        assert names.count("adam_update") == 4 and names.count("max_norm_update") == 4
+
+
+def _per_param_reference(k, name, params, states, kw, step, wd, l1, max_norm):
+    """The textbook loop: one kernel call per parameter, weight decay on weights only."""
+    for p, st in zip(params, states):
+        pw, pl = (wd, l1) if p.regularize else (0.0, 0.0)
+        if name == "sgd":
+            k.sgd_update(p.data, p.grad, kw["lr"], pw, pl)
+        elif name in ("momentum", "nesterov"):
+            getattr(k, f"{name}_update")(p.data, p.grad, st["v"], kw["lr"], kw["momentum"], pw, pl)
+        elif name == "adagrad":
+            k.adagrad_update(p.data, p.grad, st["h"], kw["lr"], kw["eps"], pw, pl)
+        elif name == "rmsprop":
+            k.rmsprop_update(p.data, p.grad, st["h"], kw["lr"], kw["decay"], kw["eps"], pw, pl)
+        else:
+            k.adam_update(p.data, p.grad, st["m"], st["v"], kw["lr"], kw["beta1"], kw["beta2"], kw["eps"],
+                          step, pw, pl)
+        if p.regularize and max_norm is not None and p.data.size:
+            if p.data.ndim == 2:
+                k.max_norm_update(p.data, max_norm, 0)
+            elif p.data.ndim == 4:
+                k.max_norm_update(p.data.reshape(p.shape[0], -1), max_norm, 1)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("name", optim.NAMES)
+def test_slab_step_equals_per_parameter_updates(name, backend_name):
+    params, ref = _mixed_params(3), _mixed_params(3)
+    opt = optim.get(name, params, weight_decay=0.05, l1=0.01, max_norm=2.0, **KW[name])
+    ref_state = [{s: np.zeros_like(p.data) for s in opt.state_names} for p in ref]
+    rng, ref_rng = np.random.default_rng(4), np.random.default_rng(4)
+    with backend.use(backend_name):
+        k = backend.kernels()
+        for step in range(1, 6):
+            opt.zero_grad()
+            for p in ref:
+                p.zero_grad()
+            _fill_grads(params, rng)
+            _fill_grads(ref, ref_rng)
+            opt.step()
+            _per_param_reference(k, name, ref, ref_state, KW[name], step, 0.05, 0.01, 2.0)
+            # Element-wise kernels give each element the same operations wherever it sits,
+            # so the one call over a buffer equals the calls per parameter bit for bit.
+            for p, q in zip(params, ref):
+                np.testing.assert_array_equal(p.data, q.data, err_msg=f"{p.name} step {step}")
+            for st, rst in zip(opt.state, ref_state):
+                for s in opt.state_names:
+                    np.testing.assert_array_equal(st[s], rst[s])
+
+
+@pytest.mark.parametrize("name", optim.NAMES)
+def test_rebinding_data_is_noticed_and_repacked(name):
+    params, ref = _mixed_params(5), _mixed_params(5)
+    opt = optim.get(name, params, weight_decay=0.05, **KW[name])
+    ref_state = [{s: np.zeros_like(p.data) for s in opt.state_names} for p in ref]
+    rng, ref_rng = np.random.default_rng(6), np.random.default_rng(6)
+    k = backend.kernels()
+
+    def both_steps(step):
+        _fill_grads(params, rng)
+        _fill_grads(ref, ref_rng)
+        opt.step()
+        _per_param_reference(k, name, ref, ref_state, KW[name], step, 0.05, 0.0, None)
+
+    both_steps(1)
+    # A user replaces a weight array (e.g. loading values by assignment) and a gradient.
+    new_w = np.full((5, 4), 0.25, np.float32)
+    params[0].data = new_w
+    ref[0].data = new_w.copy()
+    new_g = np.full(3, -1.0, np.float32)
+    params[3].grad = new_g
+    ref[3].grad = new_g.copy()
+    opt.zero_grad()  # notices: zeroes the arrays the parameters now hold, then repacks
+    assert not new_g.any()
+    for p in ref:
+        p.zero_grad()
+    assert _groups_by_base(params) == EXPECTED_GROUPS
+    assert not np.shares_memory(params[0].data, new_w)
+    for step in (2, 3):
+        both_steps(step)
+    params[0].data = np.full((5, 4), -0.5, np.float32)
+    ref[0].data = np.full((5, 4), -0.5, np.float32)
+    both_steps(4)  # the step itself notices, updates the new array, then repacks
+    assert _groups_by_base(params) == EXPECTED_GROUPS
+    both_steps(5)
+    for p, q in zip(params, ref):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=p.name)
+    for st, rst in zip(opt.state, ref_state):  # the state carried over every repack
+        for s in opt.state_names:
+            np.testing.assert_array_equal(st[s], rst[s])
+
+
+def test_rebinding_is_noticed_by_penalty_and_by_regularize_changes():
+    W, b = _model()
+    opt = optim.SGD([W, b], lr=0.1, weight_decay=1.0)
+    assert opt.penalty() == 7.0  # 0.5 * (1 + 4 + 9)
+    W.data = np.array([[2.0, 0.0], [0.0, 0.0]])
+    assert opt.penalty() == 2.0
+    assert W.data.base is not None  # repacked
+    b.regularize = True  # b joins the penalised group at the next call
+    assert opt.penalty() == 2.0 + 0.5 * (25 + 1)
+    assert W.data.base is b.data.base
+    opt.regularize = "weights"
+    b.regularize = False
+    opt.step()  # zero gradients: weight decay shrinks W only
+    np.testing.assert_array_equal(W.data, [[1.8, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(b.data, [5.0, -1.0])
+
+
+def test_two_optimizers_over_the_same_parameters_update_the_live_arrays():
+    W, b = _model()
+    first = optim.SGD([W, b], lr=0.1)
+    second = optim.Momentum([W, b], lr=0.1, momentum=0.5)  # packs them into its own buffers
+    want_w, want_b = W.data.copy(), b.data.copy()
+    v_w, v_b = np.zeros_like(want_w), np.zeros_like(want_b)
+    for i in range(4):
+        opt = (first, second)[i % 2]
+        opt.zero_grad()
+        W.grad += 1.0
+        b.grad += 2.0
+        opt.step()
+        if opt is first:
+            want_w -= 0.1 * 1.0
+            want_b -= 0.1 * 2.0
+        else:
+            v_w = 0.5 * v_w - 0.1 * 1.0
+            v_b = 0.5 * v_b - 0.1 * 2.0
+            want_w += v_w
+            want_b += v_b
+        np.testing.assert_allclose(W.data, want_w, rtol=1e-14)
+        np.testing.assert_allclose(b.data, want_b, rtol=1e-14)
+        # The one that stepped last owns the arrays again (W and b: two groups).
+        assert {id(W.data.base), id(b.data.base)} == {id(g.data) for g in opt._groups}
+
+
+def test_shared_parameter_empty_parameter_and_float64_group():
+    from fastlayers import layers, losses
+
+    a = layers.Affine(3, 3, dtype=np.float64, rng=np.random.default_rng(0))
+    c = layers.Affine(3, 3, dtype=np.float64, rng=np.random.default_rng(1))
+    c.W = a.W  # one Parameter object used by two layers
+    model = layers.Sequential(a, layers.ReLU(), c)
+    params = model.parameters()
+    assert len(params) == 3  # a.W once, a.b, c.b
+    empty = Parameter(np.zeros((0, 4), np.float64), "empty", regularize=True)
+    opt = optim.Adam(params + [empty], lr=0.01, weight_decay=0.01, max_norm=10.0)
+    assert a.W is c.W and a.W.data.base is not None
+    x = np.random.default_rng(2).standard_normal((4, 3))
+    t = np.array([0, 1, 2, 0])
+    loss = losses.SoftmaxCrossEntropy()
+    w0 = a.W.data.copy()
+    losses_seen = []
+    for _ in range(3):
+        opt.zero_grad()
+        losses_seen.append(loss.forward(model.forward(x, train=True), t) + opt.penalty())
+        model.backward(loss.backward())
+        opt.step()
+    assert losses_seen[-1] < losses_seen[0]
+    assert empty.data.shape == (0, 4) and empty.grad.shape == (0, 4)
+    # Both layers see the one updated weight.
+    assert c.W.data is a.W.data and not np.array_equal(a.W.data, w0)
+    sd = opt.state_dict()
+    opt2 = optim.Adam(params + [empty])
+    opt2.load_state_dict(sd)
+    for i, st in enumerate(opt2.state):
+        for s, arr in st.items():
+            np.testing.assert_array_equal(arr, sd[f"state.{i}.{s}"])
+            assert arr.base is not None  # loaded into the state buffers, not rebound
+
+
+def test_state_dict_arrays_are_copies_of_the_buffers_and_load_writes_into_them():
+    W, b = _model(np.float32)
+    opt = optim.Adam([W, b], lr=0.1)
+    W.grad[:] = 1.0
+    opt.step()
+    sd = opt.state_dict()
+    bases = [s.base for st in opt.state for s in st.values()]
+    sd["state.0.m"][:] = 7.0  # the dict owns its arrays
+    assert not (opt.state[0]["m"] == 7.0).any()
+    opt.load_state_dict(sd)
+    assert (opt.state[0]["m"] == 7.0).all()
+    assert [s.base for st in opt.state for s in st.values()] == bases
+
+
+def test_deep_copy_of_model_and_optimizer_trains_independently():
+    import copy
+
+    W, b = _model()
+    opt = optim.Momentum([W, b], lr=0.1)
+    W.grad[:] = 1.0
+    opt.step()
+    (W2, b2), opt2 = copy.deepcopy(((W, b), opt))
+    before = W.data.copy()
+    for _ in range(2):
+        opt2.zero_grad()
+        W2.grad += 1.0
+        opt2.step()
+    np.testing.assert_array_equal(W.data, before)  # the original is untouched
+    # v: -0.1, then 0.9*(-0.1) - 0.1 = -0.19, then 0.9*(-0.19) - 0.1 = -0.271 (cumulative)
+    np.testing.assert_allclose(W2.data, before - 0.19 - 0.271, rtol=1e-14)
+    assert W2.data.base is opt2._groups[0].data or W2.data.base is opt2._groups[1].data
+
+
+def test_unpackable_rebinding_falls_back_to_the_kernels_errors():
+    W, b = _model()
+    opt = optim.Adam([W, b], lr=0.1)
+    W.data = np.zeros((3, 3))  # no longer the shape of its state
+    W.grad = np.zeros((3, 3))
+    opt.zero_grad()  # zeroes what is there; cannot repack
+    with pytest.raises(ValueError, match="'m'"):
+        opt.step()  # the kernel names the mismatching state array, as before buffers existed
+    W.data, W.grad = np.ones((2, 2)), np.ones((2, 2))
+    opt.step()  # packable again: per parameter this once, then back into buffers
+    assert W.data.base is not None and W.data.base is not b.data.base

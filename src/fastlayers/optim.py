@@ -1,9 +1,10 @@
 """Optimizers: the textbook's update rules, applied to a list of Parameters.
 
-Each ``step()`` runs one update kernel per parameter (``backend.kernels().adam_update``
-and friends; see docs/kernels.md), then the optional max-norm constraint. Weight decay, L1
-and max-norm apply to parameters with ``regularize=True`` only, or to every parameter with
-``regularize="all"``. A typical loop::
+Each ``step()`` runs one update kernel (``backend.kernels().adam_update`` and friends; see
+docs/kernels.md) per *group* of parameters, not per parameter: the optimizer moves its
+parameters into a few flat buffers (see :class:`Optimizer`), then applies the optional
+max-norm constraint. Weight decay, L1 and max-norm apply to parameters with
+``regularize=True`` only, or to every parameter with ``regularize="all"``. A typical loop::
 
     opt = fastlayers.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     for x, t in batches:
@@ -23,6 +24,7 @@ from .parameter import Parameter
 __all__ = ["Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get", "NAMES"]
 
 _REGULARIZE = ("weights", "all")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _real(owner: str, name: str, v) -> float:
@@ -52,6 +54,37 @@ def _fraction(owner: str, name: str, v) -> float:
     return v
 
 
+class _Group:
+    """Parameters of one dtype and one regularization setting, packed into flat buffers.
+
+    ``data`` and ``grad`` are 1-D slabs holding every member's array back to back;
+    ``state`` maps each state name to its slab; ``max_norm`` lists the 2-D views (and
+    the axis) that the max-norm constraint rescales.
+    """
+
+    __slots__ = ("regularized", "data", "grad", "state", "max_norm")
+
+    def __init__(self, regularized: bool, data: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray]):
+        self.regularized = regularized
+        self.data = data
+        self.grad = grad
+        self.state = state
+        self.max_norm: list[tuple[np.ndarray, int]] = []
+
+
+def _max_norm_view(data: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """The 2-D view and axis max-norm rescales: the columns of a 2-D weight (the incoming
+    weights of one unit), the flattened filters of a 4-D convolution weight."""
+    if data.size == 0:
+        return None
+    if data.ndim == 2:
+        return data, 0
+    if data.ndim == 4:
+        # A C-contiguous reshape is a view, so the kernel rescales the filters in place.
+        return data.reshape(data.shape[0], -1), 1
+    return None
+
+
 class Optimizer:
     """Base class: parameters, penalties, step counter and (de)serialisation.
 
@@ -62,9 +95,34 @@ class Optimizer:
     convolution weight whose L2 norm exceeds it. Parameters of any other ndim are not
     max-norm constrained. ``steps`` counts the calls of ``step()``.
 
+    **Flat buffers.** On construction the optimizer groups its parameters by dtype and by
+    whether the penalties apply to them (typically two groups: the weights, and the
+    biases and BatchNorm parameters), allocates for each group one contiguous data
+    buffer, one gradient buffer and one buffer per state array, copies the current values
+    in, and rebinds every ``p.data`` and ``p.grad`` to a view of its segment (same shape
+    and dtype). ``step()`` then makes one kernel call per group, ``zero_grad()`` one fill
+    per gradient buffer and ``penalty()`` one reduction per penalised group, however many
+    parameters there are. ``state[i][name]`` are views into the state buffers, so
+    modify them in place (``load_state_dict`` does).
+
+    Layers reach their arrays through ``p.data`` / ``p.grad`` every time, so the
+    rebinding is invisible to them. If something else rebinds ``p.data`` or ``p.grad``
+    (``layer.W.data = new_array``), or changes a ``regularize`` setting, the next
+    ``step()``, ``zero_grad()`` or ``penalty()`` notices (an identity check per
+    parameter), works on the arrays it finds one parameter at a time, as an optimizer
+    without buffers would, and then moves them back into new buffers (copying their
+    current values; the state carries over). A reference to the old array therefore
+    sees that one update and no later ones. Two optimizers over the same parameters take
+    turns in the same way: each packs the parameters into its own buffers, and a step of
+    one after the other has run updates the live arrays per parameter, then repacks.
+    Every step updates the arrays the parameters hold at that moment; only the speed of
+    one call per group is lost while they alternate.
+
     Subclasses set ``kernel`` (the update kernel's name), ``state_names`` (state arrays,
     one set per parameter, zero-initialised) and ``hyper_names`` (their extra
-    hyper-parameters, validated by ``_check_hyper``), and implement ``_update``.
+    hyper-parameters, validated by ``_check_hyper``), and implement
+    ``_update(k, param, grad, state, weight_decay, l1)``, which applies the kernel to one
+    array or one flat buffer (``state`` maps each state name to its array).
     """
 
     kernel: str = ""
@@ -95,9 +153,13 @@ class Optimizer:
             raise ValueError(f"{owner}: regularize must be 'weights' or 'all', got {regularize!r}")
         self.regularize = regularize
         self.steps = 0
-        self.state: list[dict[str, np.ndarray]] = [
-            {name: np.zeros_like(p.data) for name in self.state_names} for p in params
-        ]
+        self._groups: list[_Group] | None = None
+        # (parameter, its data view, its grad view, its regularize flag) as packed.
+        self._bound: list[tuple[Parameter, np.ndarray, np.ndarray, object]] = []
+        self._packed_regularize = regularize
+        self.state: list[dict[str, np.ndarray]] = []
+        if not self._pack():
+            self.state = [{name: np.zeros_like(p.data) for name in self.state_names} for p in params]
 
     @property
     def lr(self) -> float:
@@ -112,47 +174,152 @@ class Optimizer:
         raise ValueError(f"{type(self).__name__}: unknown hyper-parameter {name!r}")
 
     def _regularized(self, p: Parameter) -> bool:
-        return self.regularize == "all" or p.regularize
+        return self.regularize == "all" or bool(p.regularize)
 
-    def _update(self, k, p: Parameter, state: dict[str, np.ndarray], weight_decay: float, l1: float) -> None:
+    def _update(self, k, param: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray],
+                weight_decay: float, l1: float) -> None:
         raise NotImplementedError
 
+    # -- flat buffers --------------------------------------------------------------------
+    def _packable(self) -> bool:
+        """Whether every parameter holds a float array with a matching gradient (and state)."""
+        for i, p in enumerate(self.params):
+            data, grad = p.data, p.grad
+            if not (isinstance(data, np.ndarray) and data.dtype in _FLOATS):
+                return False
+            if not (isinstance(grad, np.ndarray) and grad.shape == data.shape and grad.dtype == data.dtype):
+                return False
+            if self.state and any(a.shape != data.shape or a.dtype != data.dtype for a in self.state[i].values()):
+                return False
+        return True
+
+    def _pack(self) -> bool:
+        """Moves every parameter (data, grad and state) into flat per-group buffers and
+        rebinds ``p.data`` / ``p.grad`` to views of them. When some parameter's arrays
+        cannot be packed (not a float array, or a gradient or state of another shape or
+        dtype), returns False and leaves every array where it is: the optimizer then runs
+        per parameter, where the kernels report what is wrong, and tries again next call."""
+        if not self._packable():
+            self._groups = None
+            return False
+        members: dict[tuple[np.dtype, bool], list[int]] = {}
+        for i, p in enumerate(self.params):
+            members.setdefault((p.data.dtype, self._regularized(p)), []).append(i)
+        groups: list[_Group] = []
+        new_state: list[dict[str, np.ndarray]] = [{} for _ in self.params]
+        views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for (dtype, regularized), idx in members.items():
+            total = sum(self.params[i].data.size for i in idx)
+            group = _Group(regularized, np.empty(total, dtype), np.empty(total, dtype),
+                           {name: np.zeros(total, dtype) for name in self.state_names})
+            offset = 0
+            for i in idx:
+                p = self.params[i]
+                shape, n = p.data.shape, p.data.size
+                seg = slice(offset, offset + n)
+                data, grad = group.data[seg].reshape(shape), group.grad[seg].reshape(shape)
+                data[...] = p.data
+                grad[...] = p.grad
+                for name, slab in group.state.items():
+                    view = slab[seg].reshape(shape)
+                    if self.state:
+                        view[...] = self.state[i][name]
+                    new_state[i][name] = view
+                views[i] = data, grad
+                if regularized:
+                    mn = _max_norm_view(data)
+                    if mn is not None:
+                        group.max_norm.append(mn)
+                offset += n
+            groups.append(group)
+        # Every value is copied: only now rebind, so a failure above leaves all as it was.
+        for i, p in enumerate(self.params):
+            p.data, p.grad = views[i]
+        self.state = new_state
+        self._groups = groups
+        self._bound = [(p, p.data, p.grad, p.regularize) for p in self.params]
+        self._packed_regularize = self.regularize
+        return True
+
+    def _packed(self) -> bool:
+        """True while every parameter still holds the views this optimizer gave it."""
+        if self._groups is None or self.regularize != self._packed_regularize:
+            return False
+        for p, data, grad, reg in self._bound:
+            if p.data is not data or p.grad is not grad or p.regularize is not reg:
+                return False
+        return True
+
+    # -- the training-loop interface -------------------------------------------------------
     def zero_grad(self) -> None:
         """Zeroes every parameter's gradient (kernels accumulate into it)."""
-        for p in self.params:
-            p.zero_grad()
+        if not self._packed():
+            for p in self.params:
+                p.zero_grad()
+            self._pack()
+            return
+        for group in self._groups:
+            group.grad.fill(0)
 
     def step(self) -> None:
         """One update of every parameter from its current ``grad``."""
         self.steps += 1
         k = backend.kernels()
+        if not self._packed():
+            self._step_each(k)
+            self._pack()
+            return
+        max_norm = self.max_norm
+        for group in self._groups:
+            if group.regularized:
+                self._update(k, group.data, group.grad, group.state, self.weight_decay, self.l1)
+                if max_norm is not None:
+                    for w, axis in group.max_norm:
+                        k.max_norm_update(w, max_norm, axis)
+            else:
+                self._update(k, group.data, group.grad, group.state, 0.0, 0.0)
+
+    def _step_each(self, k) -> None:
+        """The update one parameter at a time, on whatever arrays the parameters hold."""
         for p, state in zip(self.params, self.state):
             reg = self._regularized(p)
             wd, l1 = (self.weight_decay, self.l1) if reg else (0.0, 0.0)
-            self._update(k, p, state, wd, l1)
+            self._update(k, p.data, p.grad, state, wd, l1)
             if reg and self.max_norm is not None:
-                self._apply_max_norm(k, p)
-
-    def _apply_max_norm(self, k, p: Parameter) -> None:
-        data = p.data
-        if data.ndim == 2:
-            k.max_norm_update(data, self.max_norm, 0)
-        elif data.ndim == 4:
-            # A C-contiguous reshape is a view, so the kernel rescales the filters in place.
-            k.max_norm_update(data.reshape(data.shape[0], -1), self.max_norm, 1)
+                mn = _max_norm_view(p.data)
+                if mn is not None:
+                    k.max_norm_update(mn[0], self.max_norm, mn[1])
 
     def penalty(self) -> float:
         """Sum over regularized parameters of 0.5*weight_decay*||W||² + l1*sum|W|."""
+        wd, l1 = self.weight_decay, self.l1
+        if not wd and not l1:
+            return 0.0
         k = backend.kernels()
         total = 0.0
-        for p in self.params:
-            if not self._regularized(p):
-                continue
-            if self.weight_decay:
-                total += 0.5 * self.weight_decay * k.sum_squares(p.data)
-            if self.l1:
-                total += self.l1 * k.sum_abs(p.data)
+        if not self._packed():
+            for p in self.params:
+                if self._regularized(p):
+                    if wd:
+                        total += 0.5 * wd * k.sum_squares(p.data)
+                    if l1:
+                        total += l1 * k.sum_abs(p.data)
+            self._pack()
+            return float(total)
+        for group in self._groups:
+            if group.regularized:
+                if wd:
+                    total += 0.5 * wd * k.sum_squares(group.data)
+                if l1:
+                    total += l1 * k.sum_abs(group.data)
         return float(total)
+
+    def __getstate__(self) -> dict:
+        # A copy (copy.deepcopy, pickle) copies each view on its own, cut off from the
+        # copied buffers: it starts unpacked and packs its own at its first call.
+        d = self.__dict__.copy()
+        d["_groups"], d["_bound"] = None, []
+        return d
 
     def hyper_parameters(self) -> dict:
         """The scalar settings, as stored by ``state_dict``."""
@@ -230,8 +397,8 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 0.01, **kw):
         super().__init__(params, lr, **kw)
 
-    def _update(self, k, p, state, weight_decay, l1):
-        k.sgd_update(p.data, p.grad, self.lr, weight_decay, l1)
+    def _update(self, k, param, grad, state, weight_decay, l1):
+        k.sgd_update(param, grad, self.lr, weight_decay, l1)
 
 
 class Momentum(Optimizer):
@@ -250,8 +417,8 @@ class Momentum(Optimizer):
             return _fraction(type(self).__name__, name, value)
         return super()._check_hyper(name, value)
 
-    def _update(self, k, p, state, weight_decay, l1):
-        getattr(k, self.kernel)(p.data, p.grad, state["v"], self.lr, self.momentum, weight_decay, l1)
+    def _update(self, k, param, grad, state, weight_decay, l1):
+        getattr(k, self.kernel)(param, grad, state["v"], self.lr, self.momentum, weight_decay, l1)
 
 
 class Nesterov(Momentum):
@@ -277,8 +444,8 @@ class AdaGrad(Optimizer):
             return _positive(type(self).__name__, name, value)
         return super()._check_hyper(name, value)
 
-    def _update(self, k, p, state, weight_decay, l1):
-        k.adagrad_update(p.data, p.grad, state["h"], self.lr, self.eps, weight_decay, l1)
+    def _update(self, k, param, grad, state, weight_decay, l1):
+        k.adagrad_update(param, grad, state["h"], self.lr, self.eps, weight_decay, l1)
 
 
 class RMSprop(Optimizer):
@@ -301,8 +468,8 @@ class RMSprop(Optimizer):
             return _positive(type(self).__name__, name, value)
         return super()._check_hyper(name, value)
 
-    def _update(self, k, p, state, weight_decay, l1):
-        k.rmsprop_update(p.data, p.grad, state["h"], self.lr, self.decay, self.eps, weight_decay, l1)
+    def _update(self, k, param, grad, state, weight_decay, l1):
+        k.rmsprop_update(param, grad, state["h"], self.lr, self.decay, self.eps, weight_decay, l1)
 
 
 class Adam(Optimizer):
@@ -327,8 +494,8 @@ class Adam(Optimizer):
             return _positive(type(self).__name__, name, value)
         return super()._check_hyper(name, value)
 
-    def _update(self, k, p, state, weight_decay, l1):
-        k.adam_update(p.data, p.grad, state["m"], state["v"], self.lr, self.beta1, self.beta2,
+    def _update(self, k, param, grad, state, weight_decay, l1):
+        k.adam_update(param, grad, state["m"], state["v"], self.lr, self.beta1, self.beta2,
                       self.eps, self.steps, weight_decay, l1)
 
 

@@ -13,7 +13,11 @@ class Parameter:
     ``regularize`` says whether weight decay, L1 and max-norm apply: True for weights,
     False for biases, BatchNorm's gamma/beta and activation parameters, unless set.
     Always reach the arrays through the attributes (``p.data``), never keep a reference:
-    an optimizer may move them into one contiguous buffer and rebind them as views.
+    an optimizer moves them into one contiguous buffer and rebinds them as views (see
+    :class:`fastlayers.optim.Optimizer`). Assigning a new array to ``p.data`` or
+    ``p.grad`` is fine: the optimizer notices at its next call and moves the new array's
+    values into its buffer. To change values while keeping the binding, write in place
+    (``p.data[...] = values``).
     """
 
     __slots__ = ("data", "grad", "name", "regularize")

@@ -56,6 +56,8 @@ def _param_grad(c: Checker, param, grad, state: dict):
         a = c.output(a, name, param, "param")
         c.same_shape(a, name, param, "param")
         out.append(a)
+    # In place by contract, but param, grad and each state array must be distinct arrays.
+    c.distinct(param=param, grad=grad, **dict(zip(state, out)))
     return param, grad, out
 
 
