@@ -88,4 +88,7 @@ def mse_backward(dy, y, t, dloss=1.0):
     c.same_shape(t, "t", y, "y")
     c.same_shape(dy, "dy", y, "y")
     dloss = c.real(dloss, "dloss")
+    # y and t may be one array; dy may share memory with neither.
+    c.distinct(dy=dy, y=y)
+    c.distinct(dy=dy, t=t)
     dy[...] = (y - t) * (dloss / max(y.shape[0], 1))
