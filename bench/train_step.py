@@ -5,7 +5,8 @@
 
 Validation first: one step from the same weights and batch on both backends must give the
 same loss within float32 rounding, or the timings are not comparing the same computation.
-Then the table: the NumPy backend is the baseline, measured in the same run.
+Then the table: the NumPy backend is the baseline, measured in the same run, next to the
+native backend with and without the fused layer+ReLU kernels (``Sequential(fuse=...)``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def batch(n: int):
     return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
 
 
-def step_fn(name: str):
+def step_fn(name: str, fuse: bool = True):
     model = NETWORKS[name]()
+    model.fuse = fuse
     model.set_rng(np.random.default_rng(0))
     loss, opt = losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters())
 
@@ -83,13 +85,14 @@ def main() -> None:
             raise SystemExit("validation failed: the backends do not compute the same step")
 
     print(f"\nms per training step, batch {args.batch}, float32 (median of {args.steps})")
-    print(f"  {'model':<11} {'numpy (baseline)':>17} {'native':>9} {'speed-up':>9}")
+    print(f"  {'model':<11} {'numpy (baseline)':>17} {'native unfused':>15} {'native':>9} {'speed-up':>9}")
     for name in names:
         ms = {}
-        for b in ("numpy", "native"):
+        for label, b, fuse in (("numpy", "numpy", True), ("unfused", "native", False), ("native", "native", True)):
             with backend.use(b):
-                ms[b] = time_steps(step_fn(name), x, t, args.steps, args.warmup)
-        print(f"  {name:<11} {ms['numpy']:>17.1f} {ms['native']:>9.1f} {ms['numpy'] / ms['native']:>8.2f}x")
+                ms[label] = time_steps(step_fn(name, fuse), x, t, args.steps, args.warmup)
+        print(f"  {name:<11} {ms['numpy']:>17.1f} {ms['unfused']:>15.1f} {ms['native']:>9.1f} "
+              f"{ms['numpy'] / ms['native']:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 // The BLAS seam: the only place that names OpenBLAS. Every GEMM in fastlayers goes through
 // fl::blas::gemm, row-major, with sizes in 64-bit that are checked to fit OpenBLAS's 32-bit
-// blasint before the call (scipy-openblas32 is the LP64 build).
+// blasint before the call (scipy-openblas32 is the LP64 build). With OpenMP, gemm splits the
+// work into shape-determined tiles on the OpenMP pool and runs each as a single-threaded
+// OpenBLAS call, so its results do not depend on the thread count (blas.cpp); called from
+// inside a parallel_for body, its tiles run one after another on the calling thread.
 #pragma once
 #include <string>
 
@@ -22,5 +25,8 @@ int num_threads();
 void set_num_threads(int n);
 // Routes OpenBLAS's parallel jobs onto the OpenMP pool (see threading.cpp).
 void run_jobs_on_openmp(bool on);
+// For the thread-pool test only: on = OpenBLAS threaded on its own pool (`threads` threads),
+// GEMMs untiled, as a naive build would be; off = fastlayers' configuration.
+void use_separate_pools(bool on, int threads);
 
 }  // namespace fl::blas

@@ -26,6 +26,24 @@ inline i64 checked_mul(i64 a, i64 b) {
     return r;
 }
 
+// True on a thread that is running the body of a parallel_for / parallel_chunks, whether or
+// not that loop actually went parallel. Kernels that adapt to being nested (the GEMM tiling
+// in blas.cpp) ask this rather than omp_in_parallel(), which is false inside a team of one
+// thread: that would make their choice depend on the thread count.
+inline bool& in_parallel_flag() {
+    static thread_local bool flag = false;
+    return flag;
+}
+inline bool in_parallel() { return in_parallel_flag(); }
+
+struct ParallelScope {
+    bool previous;
+    ParallelScope() : previous(in_parallel_flag()) { in_parallel_flag() = true; }
+    ~ParallelScope() { in_parallel_flag() = previous; }
+    ParallelScope(const ParallelScope&) = delete;
+    ParallelScope& operator=(const ParallelScope&) = delete;
+};
+
 // Runs body(i) for i in [0, n) on the OpenMP pool. An exception thrown by any iteration
 // must not escape an OpenMP region (that terminates the process), so the first one is
 // captured, the remaining iterations are skipped, and it is rethrown on the caller's thread.
@@ -35,7 +53,7 @@ void parallel_for(i64 n, Body body, i64 min_per_thread = 1) {
     std::exception_ptr error;
     std::once_flag once;
     bool failed = false;
-    const bool go_parallel = n >= 2 * min_per_thread && !omp_in_parallel();
+    const bool go_parallel = n >= 2 * min_per_thread && !in_parallel() && !omp_in_parallel();
 #pragma omp parallel for schedule(static) if (go_parallel)
     for (i64 i = 0; i < n; ++i) {
         bool stop;
@@ -43,6 +61,7 @@ void parallel_for(i64 n, Body body, i64 min_per_thread = 1) {
         stop = failed;
         if (stop) continue;
         try {
+            ParallelScope scope;
             body(i);
         } catch (...) {
             std::call_once(once, [&] { error = std::current_exception(); });
@@ -53,6 +72,7 @@ void parallel_for(i64 n, Body body, i64 min_per_thread = 1) {
     if (error) std::rethrow_exception(error);
 #else
     (void)min_per_thread;
+    ParallelScope scope;
     for (i64 i = 0; i < n; ++i) body(i);
 #endif
 }
@@ -62,10 +82,11 @@ void parallel_for(i64 n, Body body, i64 min_per_thread = 1) {
 template <class Chunk>
 void parallel_chunks(i64 n, Chunk chunk, i64 min_per_thread = 4096) {
 #ifdef _OPENMP
-    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int threads = in_parallel() || omp_in_parallel() ? 1 : omp_get_max_threads();
     i64 max_useful = n / (min_per_thread > 0 ? min_per_thread : 1);
     if (max_useful < threads) threads = static_cast<int>(max_useful < 1 ? 1 : max_useful);
     if (threads <= 1) {
+        ParallelScope scope;
         chunk(i64{0}, n);
         return;
     }
@@ -75,6 +96,7 @@ void parallel_chunks(i64 n, Chunk chunk, i64 min_per_thread = 4096) {
     });
 #else
     (void)min_per_thread;
+    ParallelScope scope;
     chunk(i64{0}, n);
 #endif
 }

@@ -78,8 +78,11 @@ def test_build_info():
     assert info["blas"] == "OpenBLAS"
     assert "affine_forward" in info["native_kernels"]
     assert info["threads"] >= 1
-    # The decision of threading.cpp: with OpenMP, OpenBLAS runs its jobs on our pool.
-    assert info["blas_threading"] == ("openmp-callback" if info["openmp"] else "openblas")
+    # The decision of threading.cpp: with OpenMP, GEMM tiles run on our pool and OpenBLAS
+    # itself stays single-threaded.
+    assert info["blas_threading"] == ("openmp-tiles" if info["openmp"] else "openblas")
+    if info["openmp"]:
+        assert info["blas_threads"] == 1
 
 
 def test_set_num_threads_round_trip():

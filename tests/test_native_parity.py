@@ -211,3 +211,27 @@ def test_affine_kernels_refuse_aliased_outputs(impl):
     buf = np.zeros(12, np.float32)
     with pytest.raises(ValueError, match="overlap"):
         impl.relu_forward(buf[2:8], buf[:6])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,D,M", [(100, 784, 100), (256, 300, 64), (1000, 4320, 100), (57600, 25, 30), (7, 3, 5)])
+def test_gemm_kernels_are_bitwise_independent_of_the_thread_count(dtype, N, D, M):
+    """The BLAS seam cuts each GEMM into tiles fixed by its shape, each one single-threaded
+    OpenBLAS call, so 1 and 2 threads give the same bits (OpenBLAS's own threading does not)."""
+    rng = np.random.default_rng(0)
+    x, W, b = rand(rng, (N, D), dtype), rand(rng, (D, M), dtype), rand(rng, (M,), dtype)
+    dout = rand(rng, (N, M), dtype)
+    results = []
+    before = fastlayers.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastlayers.set_num_threads(threads)
+            out, dx = np.empty((N, M), dtype), np.empty((N, D), dtype)
+            dW, db = np.zeros((D, M), dtype), np.zeros(M, dtype)
+            _native.affine_forward(out, x, W, b)
+            _native.affine_backward(dx, dW, db, dout, x, W)
+            results.append((out, dx, dW, db))
+    finally:
+        fastlayers.set_num_threads(before)
+    for name, one, two in zip(("out", "dx", "dW", "db"), *results):
+        assert np.array_equal(one, two), name

@@ -2,8 +2,9 @@
 
 OpenBLAS and OpenMP each keep spinning worker threads. With both pools active on a small
 machine, alternating a GEMM with an OpenMP element-wise kernel was measured ~25x slower than
-the two parts alone. fastlayers makes the OpenMP pool run OpenBLAS's jobs (threading.cpp);
-this test fails if the alternating loop is pathologically slower than its parts.
+the two parts alone. fastlayers keeps OpenBLAS single-threaded and runs GEMM tiles on the
+OpenMP pool (threading.cpp); this test fails if the alternating loop is pathologically slower
+than its parts.
 
 The probe runs in a fresh interpreter with 2 threads so it measures the real default whatever
 the machine's core count. The element-wise part is timed before any GEMM has run: once
@@ -29,7 +30,7 @@ PROBE = textwrap.dedent(
     import fastlayers
     from fastlayers.backend import _native
     if sys.argv[1] == "separate-pools":
-        _native._blas_jobs_on_openmp(False)
+        _native._blas_separate_pools(True, 2)
     K = fastlayers.backend.kernels()
     rng = np.random.default_rng(0)
     x = rng.random((100, 784), dtype=np.float32); W = rng.random((784, 100), dtype=np.float32)
@@ -76,6 +77,6 @@ def test_alternating_gemm_and_elementwise_is_not_pathological():
 @pytest.mark.skipif(not fastlayers.build_info()["openmp"], reason="without OpenMP there is only OpenBLAS's pool")
 @pytest.mark.skipif((os.cpu_count() or 1) > 2, reason="the pools were measured to fight on 2 cores; more cores may hide it")
 def test_probe_detects_fighting_pools():
-    """With OpenBLAS on its own pool again the probe must see the slowdown, or it proves nothing."""
+    """With OpenBLAS threaded on its own pool again the probe must see the slowdown, or it proves nothing."""
     ratio, med = pair_ratio("separate-pools")
     assert ratio > LIMIT, f"expected the separate pools to fight, got {ratio:.1f}x: {med}"

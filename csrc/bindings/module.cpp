@@ -57,7 +57,7 @@ PYBIND11_MODULE(_native, m) {
     m.def("set_num_threads", &fl::threads::set_num_threads, py::arg("n"));
     m.def("get_num_threads", &fl::threads::num_threads);
     // Private: lets the thread-pool test show that its probe detects the fight it guards.
-    m.def("_blas_jobs_on_openmp", &fl::blas::run_jobs_on_openmp, py::arg("on"));
+    m.def("_blas_separate_pools", &fl::blas::use_separate_pools, py::arg("on"), py::arg("threads"));
 
     fl::bind::bind_affine(m);
     fl::bind::bind_relu(m);
