@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import Checker
+from .activations import relu_backward, relu_forward
 
 __all__ = [
     "batchnorm_forward_train",
     "batchnorm_forward_eval",
     "batchnorm_backward",
+    "batchnorm_relu_forward_train",
+    "batchnorm_relu_forward_eval",
+    "batchnorm_relu_backward",
     "dropout_forward",
     "dropout_backward",
     "scale_forward",
@@ -47,6 +51,15 @@ def uniform(seed: int, n: int) -> np.ndarray:
     return (z >> np.uint64(40)).astype(np.float64) * 2.0**-24
 
 
+def _distinct(c: Checker, outputs: dict, inputs: dict) -> None:
+    """Outputs overlap neither each other nor any input; inputs may share memory (the
+    BatchNorm layer passes one zero vector as both beta and running_mean)."""
+    c.distinct(**outputs)
+    for o_name, o in outputs.items():
+        for i_name, i in inputs.items():
+            c.distinct(**{o_name: o, i_name: i})
+
+
 # --- batch normalisation -----------------------------------------------------------------
 
 
@@ -68,9 +81,7 @@ def _eps(c: Checker, eps) -> float:
     return eps
 
 
-def batchnorm_forward_train(out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
-    """Normalises with the batch statistics, writes mean and invstd, updates running_* in place."""
-    c = Checker("batchnorm_forward_train")
+def _train_args(c: Checker, out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
     x = c.input(x, "x")
     gamma = c.input(gamma, "gamma", x, "x")
     beta = c.input(beta, "beta", x, "x")
@@ -90,7 +101,12 @@ def batchnorm_forward_train(out, mean, invstd, running_mean, running_var, x, gam
     eps = _eps(c, eps)
     if m == 0:
         c.value_error(f"argument 'x' has no elements per feature (shape {x.shape}); batch statistics need m >= 1")
+    _distinct(c, dict(out=out, mean=mean, invstd=invstd, running_mean=running_mean, running_var=running_var),
+              dict(x=x, gamma=gamma, beta=beta))
+    return out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, axes, bshape, m
 
+
+def _train(out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, axes, bshape, m):
     # Two passes (mean, then mean of squared deviations) avoid the cancellation of E[x²] - E[x]².
     mu = x.mean(axis=axes)
     var = ((x - mu.reshape(bshape)) ** 2).mean(axis=axes)
@@ -103,9 +119,13 @@ def batchnorm_forward_train(out, mean, invstd, running_mean, running_var, x, gam
     running_var[...] = momentum * running_var + (1 - momentum) * unbiased
 
 
-def batchnorm_forward_eval(out, x, gamma, beta, running_mean, running_var, eps):
-    """out = (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
-    c = Checker("batchnorm_forward_eval")
+def batchnorm_forward_train(out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
+    """Normalises with the batch statistics, writes mean and invstd, updates running_* in place."""
+    c = Checker("batchnorm_forward_train")
+    _train(*_train_args(c, out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps))
+
+
+def _eval_args(c: Checker, out, x, gamma, beta, running_mean, running_var, eps):
     x = c.input(x, "x")
     gamma = c.input(gamma, "gamma", x, "x")
     beta = c.input(beta, "beta", x, "x")
@@ -118,28 +138,47 @@ def batchnorm_forward_eval(out, x, gamma, beta, running_mean, running_var, eps):
         c.shape(a, name, (F,))
     c.same_shape(out, "out", x, "x")
     eps = _eps(c, eps)
+    _distinct(c, dict(out=out), dict(x=x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var))
+    return out, x, gamma, beta, running_mean, running_var, eps, bshape
+
+
+def _eval(out, x, gamma, beta, running_mean, running_var, eps, bshape):
     istd = 1 / np.sqrt(running_var + eps)
     out[...] = (x - running_mean.reshape(bshape)) * istd.reshape(bshape) * gamma.reshape(bshape) \
         + beta.reshape(bshape)
 
 
-def batchnorm_backward(dx, dgamma, dbeta, dout, x, gamma, mean, invstd):
-    """dx overwritten (None skips it); dgamma += sum(dout * xhat); dbeta += sum(dout)."""
-    c = Checker("batchnorm_backward")
+def batchnorm_forward_eval(out, x, gamma, beta, running_mean, running_var, eps):
+    """out = (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
+    c = Checker("batchnorm_forward_eval")
+    _eval(*_eval_args(c, out, x, gamma, beta, running_mean, running_var, eps))
+
+
+def _backward_args(c: Checker, dx, dgamma, dbeta, dout, x, gamma, mean, invstd, out=None, relu=False):
     x = c.input(x, "x")
     dout = c.input(dout, "dout", x, "x")
     gamma = c.input(gamma, "gamma", x, "x")
     mean = c.input(mean, "mean", x, "x")
     invstd = c.input(invstd, "invstd", x, "x")
+    if relu:
+        out = c.input(out, "out", x, "x")
     dx = c.optional_output(dx, "dx", x, "x")
     dgamma = c.output(dgamma, "dgamma", x, "x")
     dbeta = c.output(dbeta, "dbeta", x, "x")
     axes, bshape, F, m = _bn_layout(c, x)
     c.same_shape(dout, "dout", x, "x")
+    if relu:
+        c.same_shape(out, "out", x, "x")
     if dx is not None:
         c.same_shape(dx, "dx", x, "x")
     for a, name in ((gamma, "gamma"), (mean, "mean"), (invstd, "invstd"), (dgamma, "dgamma"), (dbeta, "dbeta")):
         c.shape(a, name, (F,))
+    _distinct(c, dict(dx=dx, dgamma=dgamma, dbeta=dbeta),
+              dict(dout=dout, x=x, gamma=gamma, mean=mean, invstd=invstd, out=out))
+    return dx, dgamma, dbeta, dout, x, gamma, mean, invstd, out, axes, bshape, m
+
+
+def _backward(dx, dgamma, dbeta, dout, x, gamma, mean, invstd, axes, bshape, m):
     istd = invstd.reshape(bshape)
     xhat = (x - mean.reshape(bshape)) * istd
     sum_dout = dout.sum(axis=axes)
@@ -150,6 +189,48 @@ def batchnorm_backward(dx, dgamma, dbeta, dout, x, gamma, mean, invstd):
         )
     dgamma += sum_dout_xhat
     dbeta += sum_dout
+
+
+def batchnorm_backward(dx, dgamma, dbeta, dout, x, gamma, mean, invstd):
+    """dx overwritten (None skips it); dgamma += sum(dout * xhat); dbeta += sum(dout)."""
+    c = Checker("batchnorm_backward")
+    dx, dgamma, dbeta, dout, x, gamma, mean, invstd, _, axes, bshape, m = _backward_args(
+        c, dx, dgamma, dbeta, dout, x, gamma, mean, invstd)
+    _backward(dx, dgamma, dbeta, dout, x, gamma, mean, invstd, axes, bshape, m)
+
+
+# --- batch normalisation fused with ReLU ---------------------------------------------------
+#
+# Plain compositions of the kernels above with relu_forward / relu_backward; the native
+# versions do both in one pass over the data.
+
+
+def batchnorm_relu_forward_train(out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps):
+    """out = max(BN(x), 0) with the batch statistics; mean, invstd, running_* as batchnorm_forward_train."""
+    c = Checker("batchnorm_relu_forward_train")
+    out, *rest = _train_args(c, out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps)
+    y = np.empty_like(out)
+    _train(y, *rest)
+    relu_forward(out, y)
+
+
+def batchnorm_relu_forward_eval(out, x, gamma, beta, running_mean, running_var, eps):
+    """out = max(batchnorm_forward_eval(x, ...), 0)."""
+    c = Checker("batchnorm_relu_forward_eval")
+    out, *rest = _eval_args(c, out, x, gamma, beta, running_mean, running_var, eps)
+    y = np.empty_like(out)
+    _eval(y, *rest)
+    relu_forward(out, y)
+
+
+def batchnorm_relu_backward(dx, dgamma, dbeta, dout, x, gamma, mean, invstd, out):
+    """batchnorm_backward of g = dout where out > 0 else 0 (out: the fused forward's output)."""
+    c = Checker("batchnorm_relu_backward")
+    dx, dgamma, dbeta, dout, x, gamma, mean, invstd, out, axes, bshape, m = _backward_args(
+        c, dx, dgamma, dbeta, dout, x, gamma, mean, invstd, out, relu=True)
+    g = np.empty_like(dout)
+    relu_backward(g, dout, out)
+    _backward(dx, dgamma, dbeta, g, x, gamma, mean, invstd, axes, bshape, m)
 
 
 # --- dropout -----------------------------------------------------------------------------
@@ -169,6 +250,7 @@ def dropout_forward(out, mask, x, p, seed, scale):
         c.value_error(f"argument 'p' must be in [0, 1); got {p}")
     seed = _seed(c, seed)
     scale = c.real(scale, "scale")
+    _distinct(c, dict(out=out, mask=mask), dict(x=x))
     keep = (uniform(seed, x.size) >= p).reshape(x.shape)
     mask[...] = keep
     # Literal product as in the contract: a dropped inf gives NaN, without a warning.
@@ -185,6 +267,7 @@ def dropout_backward(dx, dout, mask, scale):
     c.same_shape(dx, "dx", dout, "dout")
     c.same_shape(mask, "mask", dout, "dout")
     scale = c.real(scale, "scale")
+    _distinct(c, dict(dx=dx), dict(dout=dout, mask=mask))
     with np.errstate(invalid="ignore"):
         dx[...] = dout * mask * scale
 
@@ -196,4 +279,5 @@ def scale_forward(out, x, alpha):
     out = c.output(out, "out", x, "x")
     c.same_shape(out, "out", x, "x")
     alpha = c.real(alpha, "alpha")
+    _distinct(c, dict(out=out), dict(x=x))
     out[...] = alpha * x
