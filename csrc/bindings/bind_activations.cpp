@@ -12,15 +12,6 @@ namespace {
 
 using Named = std::pair<const py::array*, const char*>;
 
-// Every output against every other array of the call. Two inputs may share memory (reading
-// the same array twice is harmless); an output may share none with anything.
-void no_alias(const Checker& c, const std::vector<Named>& outputs, const std::vector<Named>& inputs) {
-    for (size_t i = 0; i < outputs.size(); ++i) {
-        for (size_t j = i + 1; j < outputs.size(); ++j) c.distinct({outputs[i], outputs[j]});
-        for (const Named& in : inputs) c.distinct({outputs[i], in});
-    }
-}
-
 std::string repr(double v) { return py::repr(py::float_(v)).cast<std::string>(); }
 
 const char* dtype_name(DType t) { return t == DType::f32 ? "float32" : "float64"; }
@@ -73,7 +64,7 @@ void def_unary(py::module_& m, const char* name, F32 f32, F64 f64, const char* d
         [name, f32, f64](py::object out_, py::object x_) {
             Checker c{name};
             Unary u = unary(c, out_, x_);
-            no_alias(c, {{&u.out.a, "out"}}, {{&u.x.a, "x"}});
+            c.outputs_distinct({{&u.out.a, "out"}}, {{&u.x.a, "x"}});
             py::gil_scoped_release nogil;
             if (u.x.dtype == DType::f32) f32(u.out.ptr<float>(), u.x.ptr<float>(), u.x.size());
             else f64(u.out.ptr<double>(), u.x.ptr<double>(), u.x.size());
@@ -89,7 +80,7 @@ void def_unary_backward(py::module_& m, const char* name, const char* x_name, F3
         [name, x_name, f32, f64](py::object dx_, py::object dout_, py::object x_) {
             Checker c{name};
             UnaryBackward u = unary_backward(c, dx_, dout_, x_, x_name);
-            no_alias(c, {{&u.dx.a, "dx"}}, {{&u.dout.a, "dout"}, {&u.x.a, x_name}});
+            c.outputs_distinct({{&u.dx.a, "dx"}}, {{&u.dout.a, "dout"}, {&u.x.a, x_name}});
             py::gil_scoped_release nogil;
             if (u.x.dtype == DType::f32) f32(u.dx.ptr<float>(), u.dout.ptr<float>(), u.x.ptr<float>(), u.x.size());
             else f64(u.dx.ptr<double>(), u.dout.ptr<double>(), u.x.ptr<double>(), u.x.size());
@@ -188,7 +179,7 @@ void bind_activations(py::module_& m) {
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
                 const T alpha = finite_hyper<T>(c, alpha_, "alpha", u.x.dtype);
-                no_alias(c, {{&u.out.a, "out"}}, {{&u.x.a, "x"}});
+                c.outputs_distinct({{&u.out.a, "out"}}, {{&u.x.a, "x"}});
                 py::gil_scoped_release nogil;
                 leaky_relu_forward<T>(u.out.ptr<T>(), u.x.ptr<T>(), alpha, u.x.size());
             });
@@ -203,7 +194,7 @@ void bind_activations(py::module_& m) {
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
                 const T alpha = finite_hyper<T>(c, alpha_, "alpha", u.x.dtype);
-                no_alias(c, {{&u.dx.a, "dx"}}, {{&u.dout.a, "dout"}, {&u.x.a, "x"}});
+                c.outputs_distinct({{&u.dx.a, "dx"}}, {{&u.dout.a, "dout"}, {&u.x.a, "x"}});
                 py::gil_scoped_release nogil;
                 leaky_relu_backward<T>(u.dx.ptr<T>(), u.dout.ptr<T>(), u.x.ptr<T>(), alpha, u.x.size());
             });
@@ -217,7 +208,7 @@ void bind_activations(py::module_& m) {
             Checker c{"prelu_forward"};
             Unary u = unary(c, out_, x_);
             PreluView v = prelu_alpha(c, alpha_, u.x);
-            no_alias(c, {{&u.out.a, "out"}}, {{&u.x.a, "x"}, {&v.alpha.a, "alpha"}});
+            c.outputs_distinct({{&u.out.a, "out"}}, {{&u.x.a, "x"}, {&v.alpha.a, "alpha"}});
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -235,7 +226,7 @@ void bind_activations(py::module_& m) {
             PreluView v = prelu_alpha(c, alpha_, u.x);
             Arr dalpha = output(c, dalpha_, "dalpha", u.x.dtype, "x");
             c.same_shape(dalpha.a, "dalpha", v.alpha.a, "alpha");
-            no_alias(c, {{&u.dx.a, "dx"}, {&dalpha.a, "dalpha"}},
+            c.outputs_distinct({{&u.dx.a, "dx"}, {&dalpha.a, "dalpha"}},
                      {{&u.dout.a, "dout"}, {&u.x.a, "x"}, {&v.alpha.a, "alpha"}});
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
@@ -268,7 +259,7 @@ void bind_activations(py::module_& m) {
             Arr dout = input(c, dout_, "dout", std::nullopt, nullptr);
             Arr dx = output(c, dx_, "dx", dout.dtype, "dout");
             c.same_shape(dx.a, "dx", dout.a, "dout");
-            no_alias(c, {{&dx.a, "dx"}}, {{&dout.a, "dout"}});
+            c.outputs_distinct({{&dx.a, "dx"}}, {{&dout.a, "dout"}});
             dispatch(dout.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -287,7 +278,7 @@ void bind_activations(py::module_& m) {
             if (!(lo < hi))
                 c.value_error("argument 'min_val' must be less than 'max_val'; got min_val=" + repr(lo) +
                               ", max_val=" + repr(hi));
-            no_alias(c, {{&u.out.a, "out"}}, {{&u.x.a, "x"}});
+            c.outputs_distinct({{&u.out.a, "out"}}, {{&u.x.a, "x"}});
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -307,7 +298,7 @@ void bind_activations(py::module_& m) {
             if (!(lo < hi))
                 c.value_error("argument 'min_val' must be less than 'max_val'; got min_val=" + repr(lo) +
                               ", max_val=" + repr(hi));
-            no_alias(c, {{&u.dx.a, "dx"}}, {{&u.dout.a, "dout"}, {&u.x.a, "x"}});
+            c.outputs_distinct({{&u.dx.a, "dx"}}, {{&u.dout.a, "dout"}, {&u.x.a, "x"}});
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -325,7 +316,7 @@ void bind_activations(py::module_& m) {
             Checker c{"softmax_forward"};
             Unary u = unary(c, out_, x_);
             rows(c, u.x, "x");
-            no_alias(c, {{&u.out.a, "out"}}, {{&u.x.a, "x"}});
+            c.outputs_distinct({{&u.out.a, "out"}}, {{&u.x.a, "x"}});
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -340,7 +331,7 @@ void bind_activations(py::module_& m) {
             Checker c{"softmax_backward"};
             UnaryBackward u = unary_backward(c, dx_, dout_, out_, "out");
             rows(c, u.x, "out");
-            no_alias(c, {{&u.dx.a, "dx"}}, {{&u.dout.a, "dout"}, {&u.x.a, "out"}});
+            c.outputs_distinct({{&u.dx.a, "dx"}}, {{&u.dout.a, "dout"}, {&u.x.a, "out"}});
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -364,7 +355,7 @@ void bind_activations(py::module_& m) {
             py::array argmax = int64_array(c, argmax_, "argmax");
             c.writeable(argmax, "argmax");
             c.shape(argmax, "argmax", {s.N, s.M});
-            no_alias(c, {{&out.a, "out"}, {&argmax, "argmax"}}, {{&x.a, "x"}, {&s.W.a, "W"}, {&b.a, "b"}});
+            c.outputs_distinct({{&out.a, "out"}, {&argmax, "argmax"}}, {{&x.a, "x"}, {&s.W.a, "W"}, {&b.a, "b"}});
             auto* am = static_cast<std::int64_t*>(argmax.mutable_data());
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
@@ -397,9 +388,7 @@ void bind_activations(py::module_& m) {
             c.same_shape(dW.a, "dW", s.W.a, "W");
             Arr db = output(c, db_, "db", x.dtype, "x");
             c.shape(db.a, "db", {s.K, s.M});
-            std::vector<Named> outs{{&dW.a, "dW"}, {&db.a, "db"}};
-            if (dx) outs.push_back({&dx->a, "dx"});
-            no_alias(c, outs, {{&dout.a, "dout"}, {&x.a, "x"}, {&s.W.a, "W"}, {&argmax, "argmax"}});
+            c.outputs_distinct({{&dW.a, "dW"}, {&db.a, "db"}, {dx ? &dx->a : nullptr, "dx"}}, {{&dout.a, "dout"}, {&x.a, "x"}, {&s.W.a, "W"}, {&argmax, "argmax"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -420,7 +409,7 @@ void bind_activations(py::module_& m) {
             RbfShapes s = rbf_shapes(c, x, centers_, widths_);
             Arr out = output(c, out_, "out", x.dtype, "x");
             c.shape(out.a, "out", {s.N, s.M});
-            no_alias(c, {{&out.a, "out"}}, {{&x.a, "x"}, {&s.centers.a, "centers"}, {&s.widths.a, "widths"}});
+            c.outputs_distinct({{&out.a, "out"}}, {{&x.a, "x"}, {&s.centers.a, "centers"}, {&s.widths.a, "widths"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -447,11 +436,9 @@ void bind_activations(py::module_& m) {
             c.same_shape(dcenters.a, "dcenters", s.centers.a, "centers");
             Arr dwidths = output(c, dwidths_, "dwidths", x.dtype, "x");
             c.same_shape(dwidths.a, "dwidths", s.widths.a, "widths");
-            std::vector<Named> outs{{&dcenters.a, "dcenters"}, {&dwidths.a, "dwidths"}};
-            if (dx) outs.push_back({&dx->a, "dx"});
-            no_alias(c, outs,
-                     {{&dout.a, "dout"}, {&x.a, "x"}, {&s.centers.a, "centers"}, {&s.widths.a, "widths"},
-                      {&out.a, "out"}});
+            c.outputs_distinct({{&dcenters.a, "dcenters"}, {&dwidths.a, "dwidths"}, {dx ? &dx->a : nullptr, "dx"}},
+                               {{&dout.a, "dout"}, {&x.a, "x"}, {&s.centers.a, "centers"}, {&s.widths.a, "widths"},
+                                {&out.a, "out"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;

@@ -23,7 +23,7 @@ AffineForward check_forward(const char* kernel, py::handle out_, py::handle x_, 
     const i64 M = W.dim(1);
     c.shape(b.a, "b", {M});
     c.shape(out.a, "out", {N, M});
-    c.distinct({{&out.a, "out"}, {&x.a, "x"}, {&W.a, "W"}, {&b.a, "b"}});
+    c.outputs_distinct({{&out.a, "out"}}, {{&x.a, "x"}, {&W.a, "W"}, {&b.a, "b"}});
     return {out, x, W, b, N, D, M};
 }
 
@@ -56,8 +56,8 @@ AffineBackward check_backward(const char* kernel, py::handle dx_, py::handle dW_
     if (dx) c.shape(dx->a, "dx", {N, D});
     c.shape(dW.a, "dW", {D, M});
     c.shape(db.a, "db", {M});
-    c.distinct({{dx ? &dx->a : nullptr, "dx"}, {&dW.a, "dW"}, {&db.a, "db"}, {&dout.a, "dout"}, {&x.a, "x"},
-                {&W.a, "W"}, {out ? &out->a : nullptr, "out"}});
+    c.outputs_distinct({{dx ? &dx->a : nullptr, "dx"}, {&dW.a, "dW"}, {&db.a, "db"}},
+                       {{&dout.a, "dout"}, {&x.a, "x"}, {&W.a, "W"}, {out ? &out->a : nullptr, "out"}});
     return {dx, dW, db, dout, x, W, out, N, D, M};
 }
 

@@ -32,8 +32,7 @@ void bind_mse(py::module_& m) {
             c.same_shape(dy.a, "dy", y.a, "y");
             const double dloss = c.real(dloss_, "dloss");
             // y and t may be one array; dy may share memory with neither.
-            c.distinct({{&dy.a, "dy"}, {&y.a, "y"}});
-            c.distinct({{&dy.a, "dy"}, {&t.a, "t"}});
+            c.outputs_distinct({{&dy.a, "dy"}}, {{&y.a, "y"}, {&t.a, "t"}});
             dispatch(y.dtype, [&](auto tag) {
                 using T = decltype(tag);
                 py::gil_scoped_release nogil;

@@ -12,19 +12,6 @@ namespace {
 
 using Named = std::pair<const py::array*, const char*>;
 
-// Outputs must not overlap each other or any input; inputs may share memory among
-// themselves (the BatchNorm layer passes one zero vector as both beta and running_mean).
-// A null array (an absent optional argument) overlaps nothing.
-void distinct_outputs(const Checker& c, std::initializer_list<Named> outputs, std::initializer_list<Named> inputs) {
-    for (auto o = outputs.begin(); o != outputs.end(); ++o) {
-        if (!o->first) continue;
-        for (auto p = std::next(o); p != outputs.end(); ++p)
-            if (p->first) c.distinct({*o, *p});
-        for (const Named& i : inputs)
-            if (i.first) c.distinct({*o, i});
-    }
-}
-
 // Python's repr of a float, so messages read like the oracle's ("nan", "-1.0", "inf").
 std::string real_str(double v) { return py::repr(py::float_(v)).cast<std::string>(); }
 
@@ -91,7 +78,7 @@ void forward_train(const char* kernel, py::object out_, py::object mean_, py::ob
     if (L.m() == 0)
         c.value_error("argument 'x' has no elements per feature (shape " + shape_str(x.a) +
                       "); batch statistics need m >= 1");
-    distinct_outputs(c,
+    c.outputs_distinct(
                      {{&out.a, "out"}, {&mean.a, "mean"}, {&invstd.a, "invstd"}, {&rmean.a, "running_mean"},
                       {&rvar.a, "running_var"}},
                      {{&x.a, "x"}, {&gamma.a, "gamma"}, {&beta.a, "beta"}});
@@ -120,7 +107,7 @@ void forward_eval(const char* kernel, py::object out_, py::object x_, py::object
         c.shape(*a, name, {L.F});
     c.same_shape(out.a, "out", x.a, "x");
     const double eps = bn_eps(c, eps_);
-    distinct_outputs(c, {{&out.a, "out"}},
+    c.outputs_distinct({{&out.a, "out"}},
                      {{&x.a, "x"}, {&gamma.a, "gamma"}, {&beta.a, "beta"}, {&rmean.a, "running_mean"},
                       {&rvar.a, "running_var"}});
     dispatch(x.dtype, [&](auto t) {
@@ -154,7 +141,7 @@ void backward(const char* kernel, py::object dx_, py::object dgamma_, py::object
     for (auto [a, name] : {Named{&gamma.a, "gamma"}, Named{&mean.a, "mean"}, Named{&invstd.a, "invstd"},
                            Named{&dgamma.a, "dgamma"}, Named{&dbeta.a, "dbeta"}})
         c.shape(*a, name, {L.F});
-    distinct_outputs(c, {{dx ? &dx->a : nullptr, "dx"}, {&dgamma.a, "dgamma"}, {&dbeta.a, "dbeta"}},
+    c.outputs_distinct({{dx ? &dx->a : nullptr, "dx"}, {&dgamma.a, "dgamma"}, {&dbeta.a, "dbeta"}},
                      {{&dout.a, "dout"}, {&x.a, "x"}, {&gamma.a, "gamma"}, {&mean.a, "mean"},
                       {&invstd.a, "invstd"}, {out ? &out->a : nullptr, "out"}});
     dispatch(x.dtype, [&](auto t) {
@@ -250,7 +237,7 @@ void bind_norm(py::module_& m) {
             if (!(p >= 0 && p < 1)) c.value_error("argument 'p' must be in [0, 1); got " + real_str(p));
             const std::uint32_t seed = dropout_seed(c, seed_);
             const double scale = c.real(scale_, "scale");
-            distinct_outputs(c, {{&out.a, "out"}, {&mask, "mask"}}, {{&x.a, "x"}});
+            c.outputs_distinct({{&out.a, "out"}, {&mask, "mask"}}, {{&x.a, "x"}});
             auto* mk = static_cast<std::uint8_t*>(mask.mutable_data());
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
@@ -272,7 +259,7 @@ void bind_norm(py::module_& m) {
             c.same_shape(dx.a, "dx", dout.a, "dout");
             c.same_shape(mask, "mask", dout.a, "dout");
             const double scale = c.real(scale_, "scale");
-            distinct_outputs(c, {{&dx.a, "dx"}}, {{&dout.a, "dout"}, {&mask, "mask"}});
+            c.outputs_distinct({{&dx.a, "dx"}}, {{&dout.a, "dout"}, {&mask, "mask"}});
             const auto* mk = static_cast<const std::uint8_t*>(mask.data());
             dispatch(dout.dtype, [&](auto t) {
                 using T = decltype(t);
@@ -290,7 +277,7 @@ void bind_norm(py::module_& m) {
             Arr out = output(c, out_, "out", x.dtype, "x");
             c.same_shape(out.a, "out", x.a, "x");
             const double alpha = c.real(alpha_, "alpha");
-            distinct_outputs(c, {{&out.a, "out"}}, {{&x.a, "x"}});
+            c.outputs_distinct({{&out.a, "out"}}, {{&x.a, "x"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;

@@ -73,7 +73,7 @@ void bind_pool(py::module_& m) {
             const PoolGeometry g = pool_geometry(c, x.dim(0), x.dim(1), x.dim(2), x.dim(3), PH, PW, stride, pad, "x");
             c.shape(out.a, "out", {g.N, g.C, g.OH, g.OW});
             c.shape(argmax, "argmax", {g.N, g.C, g.OH, g.OW});
-            c.distinct({{&out.a, "out"}, {&argmax, "argmax"}, {&x.a, "x"}});
+            c.outputs_distinct({{&out.a, "out"}, {&argmax, "argmax"}}, {{&x.a, "x"}});
             auto* am = static_cast<std::int64_t*>(argmax.mutable_data());
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
@@ -108,7 +108,7 @@ void bind_pool(py::module_& m) {
             if (n > 0 && (lo < 0 || hi >= H * W))
                 c.value_error("argument 'argmax' holds index " + std::to_string(lo < 0 ? lo : hi) +
                               "; expected indices in [0, " + std::to_string(H * W) + ")");
-            c.distinct({{&dx.a, "dx"}, {&dout.a, "dout"}, {&argmax, "argmax"}});
+            c.outputs_distinct({{&dx.a, "dx"}}, {{&dout.a, "dout"}, {&argmax, "argmax"}});
             dispatch(dout.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -127,7 +127,7 @@ void bind_pool(py::module_& m) {
             c.ndim(x.a, "x", 4);
             const PoolGeometry g = pool_geometry(c, x.dim(0), x.dim(1), x.dim(2), x.dim(3), PH, PW, stride, pad, "x");
             c.shape(out.a, "out", {g.N, g.C, g.OH, g.OW});
-            c.distinct({{&out.a, "out"}, {&x.a, "x"}});
+            c.outputs_distinct({{&out.a, "out"}}, {{&x.a, "x"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -147,7 +147,7 @@ void bind_pool(py::module_& m) {
             const PoolGeometry g =
                 pool_geometry(c, dx.dim(0), dx.dim(1), dx.dim(2), dx.dim(3), PH, PW, stride, pad, "dx");
             c.shape(dout.a, "dout", {g.N, g.C, g.OH, g.OW});
-            c.distinct({{&dx.a, "dx"}, {&dout.a, "dout"}});
+            c.outputs_distinct({{&dx.a, "dx"}}, {{&dout.a, "dout"}});
             dispatch(dout.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;

@@ -11,7 +11,7 @@ void bind_relu(py::module_& m) {
             Arr x = input(c, x_, "x", std::nullopt, nullptr);
             Arr out = output(c, out_, "out", x.dtype, "x");
             c.same_shape(out.a, "out", x.a, "x");
-            c.distinct({{&out.a, "out"}, {&x.a, "x"}});
+            c.outputs_distinct({{&out.a, "out"}}, {{&x.a, "x"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -29,7 +29,7 @@ void bind_relu(py::module_& m) {
             Arr dx = output(c, dx_, "dx", x.dtype, "x");
             c.same_shape(dout.a, "dout", x.a, "x");
             c.same_shape(dx.a, "dx", x.a, "x");
-            c.distinct({{&dx.a, "dx"}, {&dout.a, "dout"}, {&x.a, "x"}});
+            c.outputs_distinct({{&dx.a, "dx"}}, {{&dout.a, "dout"}, {&x.a, "x"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;

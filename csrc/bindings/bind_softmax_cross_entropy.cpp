@@ -44,7 +44,7 @@ void bind_softmax_cross_entropy(py::module_& m) {
             if (K < 1) c.value_error("argument 'logits' must have at least one class; got shape " + shape_str(logits.a));
             c.same_shape(probs.a, "probs", logits.a, "logits");
             Targets t = check_targets(c, t_, logits.dtype, N, K);
-            c.distinct({{&probs.a, "probs"}, {&logits.a, "logits"}, {&t.a, "t"}});
+            c.outputs_distinct({{&probs.a, "probs"}}, {{&logits.a, "logits"}, {&t.a, "t"}});
             return dispatch(logits.dtype, [&](auto tag) {
                 using T = decltype(tag);
                 py::gil_scoped_release nogil;
@@ -65,7 +65,7 @@ void bind_softmax_cross_entropy(py::module_& m) {
             const i64 N = probs.dim(0), K = probs.dim(1);
             c.same_shape(dlogits.a, "dlogits", probs.a, "probs");
             Targets t = check_targets(c, t_, probs.dtype, N, K);
-            c.distinct({{&dlogits.a, "dlogits"}, {&probs.a, "probs"}, {&t.a, "t"}});
+            c.outputs_distinct({{&dlogits.a, "dlogits"}}, {{&probs.a, "probs"}, {&t.a, "t"}});
             const double dloss = c.real(dloss_, "dloss");
             dispatch(probs.dtype, [&](auto tag) {
                 using T = decltype(tag);

@@ -123,35 +123,60 @@ void Checker::distinct(std::initializer_list<std::pair<const py::array*, const c
     }
 }
 
+void Checker::outputs_distinct(std::initializer_list<std::pair<const py::array*, const char*>> outputs,
+                               std::initializer_list<std::pair<const py::array*, const char*>> inputs) const {
+    for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+        for (auto p = std::next(o); p != outputs.end(); ++p) distinct({*o, *p});
+        for (const auto& i : inputs) distinct({*o, i});
+    }
+}
+
 namespace {
 std::string type_name(py::handle v) {
     return py::str(py::type::handle_of(v).attr("__name__")).cast<std::string>();
 }
+// numpy's abstract scalar types, looked up once. Released on purpose: a static py::object
+// would be destroyed after the interpreter has finalised.
+py::handle numpy_type(const char* name) {
+    return py::object(py::module_::import("numpy").attr(name)).release();
+}
 bool is_int(py::handle v) {
-    return !py::isinstance<py::bool_>(v) &&
-           (py::isinstance<py::int_>(v) || py::isinstance(v, py::module_::import("numpy").attr("integer")));
+    static const py::handle integer = numpy_type("integer");
+    return !py::isinstance<py::bool_>(v) && (py::isinstance<py::int_>(v) || py::isinstance(v, integer));
+}
+bool is_real(py::handle v) {
+    static const py::handle floating = numpy_type("floating");
+    return is_int(v) || py::isinstance<py::float_>(v) || py::isinstance(v, floating);
+}
+// An int hyper-parameter as int64; one too large for that is out of range, like any other
+// value the kernel cannot use.
+i64 as_i64(const Checker& c, py::handle v, const char* name) {
+    int overflow = 0;
+    py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+    if (!as_int) throw py::error_already_set();
+    const long long r = PyLong_AsLongLongAndOverflow(as_int.ptr(), &overflow);
+    if (overflow)
+        c.value_error(std::string("argument '") + name + "' is out of range; got " + py::str(v).cast<std::string>());
+    return static_cast<i64>(r);
 }
 }  // namespace
 
 i64 Checker::positive_int(py::handle v, const char* name) const {
     if (!is_int(v)) type_error(std::string("argument '") + name + "' must be an int; got " + type_name(v));
-    const i64 r = v.cast<i64>();
+    const i64 r = as_i64(*this, v, name);
     if (r < 1) value_error(std::string("argument '") + name + "' must be >= 1; got " + std::to_string(r));
     return r;
 }
 
 i64 Checker::nonnegative_int(py::handle v, const char* name) const {
     if (!is_int(v)) type_error(std::string("argument '") + name + "' must be an int; got " + type_name(v));
-    const i64 r = v.cast<i64>();
+    const i64 r = as_i64(*this, v, name);
     if (r < 0) value_error(std::string("argument '") + name + "' must be >= 0; got " + std::to_string(r));
     return r;
 }
 
 double Checker::real(py::handle v, const char* name) const {
-    const bool ok = !py::isinstance<py::bool_>(v) &&
-                    (is_int(v) || py::isinstance<py::float_>(v) ||
-                     py::isinstance(v, py::module_::import("numpy").attr("floating")));
-    if (!ok) type_error(std::string("argument '") + name + "' must be a real number; got " + type_name(v));
+    if (!is_real(v)) type_error(std::string("argument '") + name + "' must be a real number; got " + type_name(v));
     return v.cast<double>();
 }
 

@@ -50,6 +50,11 @@ struct Checker {
     // contract says it works in place (the *_update kernels). A null pointer (an optional
     // output given as None) is skipped.
     void distinct(std::initializer_list<std::pair<const py::array*, const char*>> arrays) const;
+    // The project's rule: every output overlaps neither another output nor any input; inputs
+    // may share memory with each other (reading one array twice is harmless, and the
+    // BatchNorm layer passes one zero vector as both beta and running_mean).
+    void outputs_distinct(std::initializer_list<std::pair<const py::array*, const char*>> outputs,
+                          std::initializer_list<std::pair<const py::array*, const char*>> inputs) const;
 
     // Hyper-parameters, checked like fastlayers.reference._checks: a non-int (bool included)
     // or non-real is a TypeError, an out-of-range value a ValueError.

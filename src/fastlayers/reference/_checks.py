@@ -113,6 +113,14 @@ class Checker:
                         "expected distinct arrays (outputs must not alias inputs)"
                     )
 
+    def outputs_distinct(self, outputs: dict, inputs: dict) -> None:
+        """The project's rule: every output overlaps neither another output nor any input;
+        inputs may share memory with each other. None entries are skipped."""
+        outs = [(n, a) for n, a in outputs.items() if a is not None]
+        for i, (name, a) in enumerate(outs):
+            for other, b in outs[i + 1 :] + list(inputs.items()):
+                self.distinct(**{name: a, other: b})
+
     def positive_int(self, v, name: str) -> int:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             self.type_error(f"argument '{name}' must be an int; got {type(v).__name__}")

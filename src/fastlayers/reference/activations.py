@@ -32,21 +32,12 @@ __all__ = [
 ]
 
 
-def _no_alias(c: Checker, outputs: dict, inputs: dict) -> None:
-    """Every output against every other array of the call (None entries skipped). Two inputs
-    may share memory; an output may share none with anything."""
-    outs = [(n, a) for n, a in outputs.items() if a is not None]
-    for i, (name, a) in enumerate(outs):
-        for other, b in outs[i + 1 :] + list(inputs.items()):
-            c.distinct(**{name: a, other: b})
-
-
 def _unary(kernel: str, out, x, out_name: str = "out"):
     c = Checker(kernel)
     x = c.input(x, "x")
     out = c.output(out, out_name, x, "x")
     c.same_shape(out, out_name, x, "x")
-    c.distinct(**{out_name: out, "x": x})
+    c.outputs_distinct({out_name: out}, {"x": x})
     return c, out, x
 
 
@@ -57,7 +48,7 @@ def _unary_backward(kernel: str, dx, dout, x, x_name: str = "x"):
     dx = c.output(dx, "dx", x, x_name)
     c.same_shape(dout, "dout", x, x_name)
     c.same_shape(dx, "dx", x, x_name)
-    c.distinct(dx=dx, dout=dout, **{x_name: x})
+    c.outputs_distinct({"dx": dx}, {"dout": dout, x_name: x})
     return c, dx, dout, x
 
 
@@ -87,7 +78,7 @@ def leaky_relu_forward(out, x, alpha):
     """out = x where x > 0, else alpha * x (alpha = -1 gives |x|)."""
     c, out, x = _unary("leaky_relu_forward", out, x)
     alpha = _finite_hyper(c, alpha, "alpha", x.dtype)
-    _no_alias(c, {"out": out}, {"x": x})
+    c.outputs_distinct({"out": out}, {"x": x})
     out[...] = np.where(x > 0, x, x * alpha)
 
 
@@ -95,7 +86,7 @@ def leaky_relu_backward(dx, dout, x, alpha):
     """dx = dout where x > 0, else alpha * dout."""
     c, dx, dout, x = _unary_backward("leaky_relu_backward", dx, dout, x)
     alpha = _finite_hyper(c, alpha, "alpha", x.dtype)
-    _no_alias(c, {"dx": dx}, {"dout": dout, "x": x})
+    c.outputs_distinct({"dx": dx}, {"dout": dout, "x": x})
     dx[...] = np.where(x > 0, dout, dout * alpha)
 
 
@@ -118,7 +109,7 @@ def prelu_forward(out, x, alpha):
     """out = x where x > 0, else alpha * x; alpha (1,) shared or (C,) per channel of axis 1."""
     c, out, x = _unary("prelu_forward", out, x)
     a = _prelu_alpha(c, alpha, x)
-    _no_alias(c, {"out": out}, {"x": x, "alpha": alpha})
+    c.outputs_distinct({"out": out}, {"x": x, "alpha": alpha})
     out[...] = np.where(x > 0, x, a * x)
 
 
@@ -128,7 +119,7 @@ def prelu_backward(dx, dalpha, dout, x, alpha):
     a = _prelu_alpha(c, alpha, x)
     dalpha = c.output(dalpha, "dalpha", x, "x")
     c.same_shape(dalpha, "dalpha", alpha, "alpha")
-    _no_alias(c, {"dx": dx, "dalpha": dalpha}, {"dout": dout, "x": x, "alpha": alpha})
+    c.outputs_distinct({"dx": dx, "dalpha": dalpha}, {"dout": dout, "x": x, "alpha": alpha})
     dx[...] = np.where(x > 0, dout, a * dout)
     contrib = np.where(x > 0, 0, dout * x)
     if alpha.shape[0] == 1:
@@ -148,28 +139,28 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def sigmoid_forward(out, x):
     """out = 1 / (1 + exp(-x)), finite for any finite x."""
     c, out, x = _unary("sigmoid_forward", out, x)
-    _no_alias(c, {"out": out}, {"x": x})
+    c.outputs_distinct({"out": out}, {"x": x})
     out[...] = _sigmoid(x)
 
 
 def sigmoid_backward(dx, dout, out):
     """dx = dout * y * (1 - y), y the forward output."""
     c, dx, dout, y = _unary_backward("sigmoid_backward", dx, dout, out, x_name="out")
-    _no_alias(c, {"dx": dx}, {"dout": dout, "out": y})
+    c.outputs_distinct({"dx": dx}, {"dout": dout, "out": y})
     dx[...] = dout * y * (1 - y)
 
 
 def tanh_forward(out, x):
     """out = tanh(x)."""
     c, out, x = _unary("tanh_forward", out, x)
-    _no_alias(c, {"out": out}, {"x": x})
+    c.outputs_distinct({"out": out}, {"x": x})
     np.tanh(x, out=out)
 
 
 def tanh_backward(dx, dout, out):
     """dx = dout * (1 - y^2), y the forward output."""
     c, dx, dout, y = _unary_backward("tanh_backward", dx, dout, out, x_name="out")
-    _no_alias(c, {"dx": dx}, {"dout": dout, "out": y})
+    c.outputs_distinct({"dx": dx}, {"dout": dout, "out": y})
     dx[...] = dout * (1 - y * y)
 
 
@@ -187,7 +178,7 @@ def hardtanh_forward(out, x, min_val, max_val):
     """out = clip(x, min_val, max_val); NaN propagates."""
     c, out, x = _unary("hardtanh_forward", out, x)
     lo, hi = _hardtanh_bounds(c, min_val, max_val, x.dtype)
-    _no_alias(c, {"out": out}, {"x": x})
+    c.outputs_distinct({"out": out}, {"x": x})
     np.clip(x, lo, hi, out=out)
 
 
@@ -195,28 +186,28 @@ def hardtanh_backward(dx, dout, x, min_val, max_val):
     """dx = dout strictly inside (min_val, max_val), else 0."""
     c, dx, dout, x = _unary_backward("hardtanh_backward", dx, dout, x)
     lo, hi = _hardtanh_bounds(c, min_val, max_val, x.dtype)
-    _no_alias(c, {"dx": dx}, {"dout": dout, "x": x})
+    c.outputs_distinct({"dx": dx}, {"dout": dout, "x": x})
     dx[...] = np.where((x > lo) & (x < hi), dout, 0)
 
 
 def softplus_forward(out, x):
     """out = log(1 + exp(x)) as max(x, 0) + log1p(exp(-|x|)), finite for any finite x."""
     c, out, x = _unary("softplus_forward", out, x)
-    _no_alias(c, {"out": out}, {"x": x})
+    c.outputs_distinct({"out": out}, {"x": x})
     out[...] = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
 
 
 def softplus_backward(dx, dout, x):
     """dx = dout * sigmoid(x)."""
     c, dx, dout, x = _unary_backward("softplus_backward", dx, dout, x)
-    _no_alias(c, {"dx": dx}, {"dout": dout, "x": x})
+    c.outputs_distinct({"dx": dx}, {"dout": dout, "x": x})
     dx[...] = dout * _sigmoid(x)
 
 
 def identity_forward(out, x):
     """out = x."""
     c, out, x = _unary("identity_forward", out, x)
-    _no_alias(c, {"out": out}, {"x": x})
+    c.outputs_distinct({"out": out}, {"x": x})
     out[...] = x
 
 
@@ -226,7 +217,7 @@ def identity_backward(dx, dout):
     dout = c.input(dout, "dout")
     dx = c.output(dx, "dx", dout, "dout")
     c.same_shape(dx, "dx", dout, "dout")
-    _no_alias(c, {"dx": dx}, {"dout": dout})
+    c.outputs_distinct({"dx": dx}, {"dout": dout})
     dx[...] = dout
 
 
@@ -240,7 +231,7 @@ def softmax_forward(out, x):
     """out (N,K) = softmax over the last axis, with the row maximum subtracted first."""
     c, out, x = _unary("softmax_forward", out, x)
     _rows(c, x, "x")
-    _no_alias(c, {"out": out}, {"x": x})
+    c.outputs_distinct({"out": out}, {"x": x})
     # A row holding +inf or only -inf has no defined softmax; it becomes NaN without a
     # floating-point warning, like a NaN in the input.
     with np.errstate(invalid="ignore"):
@@ -252,7 +243,7 @@ def softmax_backward(dx, dout, out):
     """dx = y * (dout - sum(dout * y, axis=-1)), y the forward output."""
     c, dx, dout, y = _unary_backward("softmax_backward", dx, dout, out, x_name="out")
     _rows(c, y, "out")
-    _no_alias(c, {"dx": dx}, {"dout": dout, "out": y})
+    c.outputs_distinct({"dx": dx}, {"dout": dout, "out": y})
     dx[...] = y * (dout - (dout * y).sum(axis=1, keepdims=True))
 
 
@@ -280,7 +271,7 @@ def maxout_forward(out, argmax, x, W, b):
     argmax = c.int64(argmax, "argmax")
     c.writeable(argmax, "argmax")
     c.shape(argmax, "argmax", (N, M))
-    _no_alias(c, {"out": out, "argmax": argmax}, {"x": x, "W": W, "b": b})
+    c.outputs_distinct({"out": out, "argmax": argmax}, {"x": x, "W": W, "b": b})
     z = np.matmul(x, W) + b[:, None, :]  # (K, N, M)
     # np.argmax returns the first maximum (and the first NaN): ties go to the lowest piece.
     argmax[...] = np.argmax(z, axis=0)
@@ -309,7 +300,7 @@ def maxout_backward(dx, dW, db, dout, x, W, argmax):
     c.same_shape(dW, "dW", W, "W")
     db = c.output(db, "db", x, "x")
     c.shape(db, "db", (K, M))
-    _no_alias(c, {"dW": dW, "db": db, "dx": dx}, {"dout": dout, "x": x, "W": W, "argmax": argmax})
+    c.outputs_distinct({"dW": dW, "db": db, "dx": dx}, {"dout": dout, "x": x, "W": W, "argmax": argmax})
     if dx is not None:
         dx[...] = 0
     for k in range(K):
@@ -352,7 +343,7 @@ def rbf_forward(out, x, centers, widths):
     centers, widths, N, _, M = _rbf_shapes(c, x, centers, widths)
     out = c.output(out, "out", x, "x")
     c.shape(out, "out", (N, M))
-    _no_alias(c, {"out": out}, {"x": x, "centers": centers, "widths": widths})
+    c.outputs_distinct({"out": out}, {"x": x, "centers": centers, "widths": widths})
     out[...] = np.exp(-_sq_dist(x, centers) / (2 * widths * widths))
 
 
@@ -374,8 +365,7 @@ def rbf_backward(dx, dcenters, dwidths, dout, x, centers, widths, out):
     c.same_shape(dcenters, "dcenters", centers, "centers")
     dwidths = c.output(dwidths, "dwidths", x, "x")
     c.same_shape(dwidths, "dwidths", widths, "widths")
-    _no_alias(
-        c,
+    c.outputs_distinct(
         {"dcenters": dcenters, "dwidths": dwidths, "dx": dx},
         {"dout": dout, "x": x, "centers": centers, "widths": widths, "out": out},
     )

@@ -184,7 +184,7 @@ def maxpool2d_forward(out, argmax, x, PH, PW, stride, pad):
     _pool_pad(c, pad, PH, PW)
     c.shape(out, "out", (N, C, OH, OW))
     c.shape(argmax, "argmax", (N, C, OH, OW))
-    c.distinct(out=out, argmax=argmax, x=x)
+    c.outputs_distinct({"out": out, "argmax": argmax}, {"x": x})
 
     K = PH * PW
     vals = _windows(_pad(x, pad, -np.inf), PH, PW, stride, OH, OW).reshape(N, C, K, OH, OW)
@@ -219,7 +219,7 @@ def maxpool2d_backward(dx, dout, argmax):
         if lo < 0 or hi >= H * W:
             bad = lo if lo < 0 else hi
             c.value_error(f"argument 'argmax' holds index {bad}; expected indices in [0, {H * W})")
-    c.distinct(dx=dx, dout=dout, argmax=argmax)
+    c.outputs_distinct({"dx": dx}, {"dout": dout, "argmax": argmax})
     flat = np.zeros((N * C, H * W), dtype=dx.dtype)
     rows = np.arange(N * C)[:, None]
     np.add.at(flat, (rows, argmax.reshape(N * C, -1)), dout.reshape(N * C, -1))
@@ -243,7 +243,7 @@ def avgpool2d_forward(out, x, PH, PW, stride, pad):
     PH, PW, stride, pad, OH, OW = _geometry(c, H, W, PH, PW, stride, pad, "PH", "PW")
     _pool_pad(c, pad, PH, PW)
     c.shape(out, "out", (N, C, OH, OW))
-    c.distinct(out=out, x=x)
+    c.outputs_distinct({"out": out}, {"x": x})
     sums = _windows(_pad(x, pad), PH, PW, stride, OH, OW).sum(axis=(2, 3))
     out[...] = sums / _avg_counts(H, W, PH, PW, stride, pad, OH, OW, x.dtype)
 
@@ -258,7 +258,7 @@ def avgpool2d_backward(dx, dout, PH, PW, stride, pad):
     PH, PW, stride, pad, OH, OW = _geometry(c, H, W, PH, PW, stride, pad, "PH", "PW", x_name="dx")
     _pool_pad(c, pad, PH, PW)
     c.shape(dout, "dout", (N, C, OH, OW))
-    c.distinct(dx=dx, dout=dout)
+    c.outputs_distinct({"dx": dx}, {"dout": dout})
     g = dout / _avg_counts(H, W, PH, PW, stride, pad, OH, OW, dout.dtype)
     spread = np.broadcast_to(g[:, :, None, None, :, :], (N, C, PH, PW, OH, OW))
     dx[...] = _unwindows(spread, H + 2 * pad, W + 2 * pad, stride)[:, :, pad : pad + H, pad : pad + W]

@@ -24,7 +24,7 @@ def affine_forward(out, x, W, b):
     M = W.shape[1]
     c.shape(b, "b", (M,))
     c.shape(out, "out", (N, M))
-    c.distinct(out=out, x=x, W=W, b=b)
+    c.outputs_distinct({"out": out}, {"x": x, "W": W, "b": b})
     out[...] = x @ W + b
 
 
@@ -47,7 +47,7 @@ def affine_backward(dx, dW, db, dout, x, W):
         c.shape(dx, "dx", (N, D))
     c.shape(dW, "dW", (D, M))
     c.shape(db, "db", (M,))
-    c.distinct(dx=dx, dW=dW, db=db, dout=dout, x=x, W=W)
+    c.outputs_distinct({"dx": dx, "dW": dW, "db": db}, {"dout": dout, "x": x, "W": W})
     if dx is not None:
         dx[...] = dout @ W.T
     dW += x.T @ dout
@@ -67,7 +67,7 @@ def affine_relu_backward(dx, dW, db, dout, x, W, out):
     out = c.input(out, "out")
     dout = c.input(dout, "dout", out, "out")
     c.same_shape(dout, "dout", out, "out")
-    c.distinct(dx=dx, dW=dW, db=db, out=out)
+    c.outputs_distinct({"dx": dx, "dW": dW, "db": db}, {"out": out})
     dz = np.empty_like(dout)
     relu_backward(dz, dout, out)
     affine_backward(dx, dW, db, dz, x, W)

@@ -42,7 +42,7 @@ def softmax_cross_entropy_forward(probs, logits, t) -> float:
         c.value_error(f"argument 'logits' must have at least one class; got shape {logits.shape}")
     c.same_shape(probs, "probs", logits, "logits")
     target = _targets(c, t, logits, N, K)
-    c.distinct(probs=probs, logits=logits, t=t)
+    c.outputs_distinct({"probs": probs}, {"logits": logits, "t": t})
     z = logits.astype(np.float64)
     zmax = z.max(axis=1, keepdims=True)
     lse = zmax + np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
@@ -61,7 +61,7 @@ def softmax_cross_entropy_backward(dlogits, probs, t, dloss=1.0):
     N, K = probs.shape
     c.same_shape(dlogits, "dlogits", probs, "probs")
     target = _targets(c, t, probs, N, K)
-    c.distinct(dlogits=dlogits, probs=probs, t=t)
+    c.outputs_distinct({"dlogits": dlogits}, {"probs": probs, "t": t})
     dloss = c.real(dloss, "dloss")
     dlogits[...] = (probs - target) * (dloss / max(N, 1))
 
@@ -89,6 +89,5 @@ def mse_backward(dy, y, t, dloss=1.0):
     c.same_shape(dy, "dy", y, "y")
     dloss = c.real(dloss, "dloss")
     # y and t may be one array; dy may share memory with neither.
-    c.distinct(dy=dy, y=y)
-    c.distinct(dy=dy, t=t)
+    c.outputs_distinct({"dy": dy}, {"y": y, "t": t})
     dy[...] = (y - t) * (dloss / max(y.shape[0], 1))

@@ -51,18 +51,6 @@ def uniform(seed: int, n: int) -> np.ndarray:
     return (z >> np.uint64(40)).astype(np.float64) * 2.0**-24
 
 
-def _distinct(c: Checker, outputs: dict, inputs: dict) -> None:
-    """Outputs overlap neither each other nor any input; inputs may share memory (the
-    BatchNorm layer passes one zero vector as both beta and running_mean)."""
-    c.distinct(**outputs)
-    for o_name, o in outputs.items():
-        for i_name, i in inputs.items():
-            c.distinct(**{o_name: o, i_name: i})
-
-
-# --- batch normalisation -----------------------------------------------------------------
-
-
 def _bn_layout(c: Checker, x: np.ndarray):
     """(axes reduced, broadcast shape of a per-feature vector, features, elements per feature)."""
     if x.ndim == 2:
@@ -101,7 +89,7 @@ def _train_args(c: Checker, out, mean, invstd, running_mean, running_var, x, gam
     eps = _eps(c, eps)
     if m == 0:
         c.value_error(f"argument 'x' has no elements per feature (shape {x.shape}); batch statistics need m >= 1")
-    _distinct(c, dict(out=out, mean=mean, invstd=invstd, running_mean=running_mean, running_var=running_var),
+    c.outputs_distinct(dict(out=out, mean=mean, invstd=invstd, running_mean=running_mean, running_var=running_var),
               dict(x=x, gamma=gamma, beta=beta))
     return out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, axes, bshape, m
 
@@ -138,7 +126,7 @@ def _eval_args(c: Checker, out, x, gamma, beta, running_mean, running_var, eps):
         c.shape(a, name, (F,))
     c.same_shape(out, "out", x, "x")
     eps = _eps(c, eps)
-    _distinct(c, dict(out=out), dict(x=x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var))
+    c.outputs_distinct(dict(out=out), dict(x=x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var))
     return out, x, gamma, beta, running_mean, running_var, eps, bshape
 
 
@@ -173,7 +161,7 @@ def _backward_args(c: Checker, dx, dgamma, dbeta, dout, x, gamma, mean, invstd, 
         c.same_shape(dx, "dx", x, "x")
     for a, name in ((gamma, "gamma"), (mean, "mean"), (invstd, "invstd"), (dgamma, "dgamma"), (dbeta, "dbeta")):
         c.shape(a, name, (F,))
-    _distinct(c, dict(dx=dx, dgamma=dgamma, dbeta=dbeta),
+    c.outputs_distinct(dict(dx=dx, dgamma=dgamma, dbeta=dbeta),
               dict(dout=dout, x=x, gamma=gamma, mean=mean, invstd=invstd, out=out))
     return dx, dgamma, dbeta, dout, x, gamma, mean, invstd, out, axes, bshape, m
 
@@ -250,7 +238,7 @@ def dropout_forward(out, mask, x, p, seed, scale):
         c.value_error(f"argument 'p' must be in [0, 1); got {p}")
     seed = _seed(c, seed)
     scale = c.real(scale, "scale")
-    _distinct(c, dict(out=out, mask=mask), dict(x=x))
+    c.outputs_distinct(dict(out=out, mask=mask), dict(x=x))
     keep = (uniform(seed, x.size) >= p).reshape(x.shape)
     mask[...] = keep
     # Literal product as in the contract: a dropped inf gives NaN, without a warning.
@@ -267,7 +255,7 @@ def dropout_backward(dx, dout, mask, scale):
     c.same_shape(dx, "dx", dout, "dout")
     c.same_shape(mask, "mask", dout, "dout")
     scale = c.real(scale, "scale")
-    _distinct(c, dict(dx=dx), dict(dout=dout, mask=mask))
+    c.outputs_distinct(dict(dx=dx), dict(dout=dout, mask=mask))
     with np.errstate(invalid="ignore"):
         dx[...] = dout * mask * scale
 
@@ -279,5 +267,5 @@ def scale_forward(out, x, alpha):
     out = c.output(out, "out", x, "x")
     c.same_shape(out, "out", x, "x")
     alpha = c.real(alpha, "alpha")
-    _distinct(c, dict(out=out), dict(x=x))
+    c.outputs_distinct(dict(out=out), dict(x=x))
     out[...] = alpha * x
