@@ -78,7 +78,6 @@ def leaky_relu_forward(out, x, alpha):
     """out = x where x > 0, else alpha * x (alpha = -1 gives |x|)."""
     c, out, x = _unary("leaky_relu_forward", out, x)
     alpha = _finite_hyper(c, alpha, "alpha", x.dtype)
-    c.outputs_distinct({"out": out}, {"x": x})
     out[...] = np.where(x > 0, x, x * alpha)
 
 
@@ -86,7 +85,6 @@ def leaky_relu_backward(dx, dout, x, alpha):
     """dx = dout where x > 0, else alpha * dout."""
     c, dx, dout, x = _unary_backward("leaky_relu_backward", dx, dout, x)
     alpha = _finite_hyper(c, alpha, "alpha", x.dtype)
-    c.outputs_distinct({"dx": dx}, {"dout": dout, "x": x})
     dx[...] = np.where(x > 0, dout, dout * alpha)
 
 
@@ -139,28 +137,24 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def sigmoid_forward(out, x):
     """out = 1 / (1 + exp(-x)), finite for any finite x."""
     c, out, x = _unary("sigmoid_forward", out, x)
-    c.outputs_distinct({"out": out}, {"x": x})
     out[...] = _sigmoid(x)
 
 
 def sigmoid_backward(dx, dout, out):
     """dx = dout * y * (1 - y), y the forward output."""
     c, dx, dout, y = _unary_backward("sigmoid_backward", dx, dout, out, x_name="out")
-    c.outputs_distinct({"dx": dx}, {"dout": dout, "out": y})
     dx[...] = dout * y * (1 - y)
 
 
 def tanh_forward(out, x):
     """out = tanh(x)."""
     c, out, x = _unary("tanh_forward", out, x)
-    c.outputs_distinct({"out": out}, {"x": x})
     np.tanh(x, out=out)
 
 
 def tanh_backward(dx, dout, out):
     """dx = dout * (1 - y^2), y the forward output."""
     c, dx, dout, y = _unary_backward("tanh_backward", dx, dout, out, x_name="out")
-    c.outputs_distinct({"dx": dx}, {"dout": dout, "out": y})
     dx[...] = dout * (1 - y * y)
 
 
@@ -178,7 +172,6 @@ def hardtanh_forward(out, x, min_val, max_val):
     """out = clip(x, min_val, max_val); NaN propagates."""
     c, out, x = _unary("hardtanh_forward", out, x)
     lo, hi = _hardtanh_bounds(c, min_val, max_val, x.dtype)
-    c.outputs_distinct({"out": out}, {"x": x})
     np.clip(x, lo, hi, out=out)
 
 
@@ -186,28 +179,24 @@ def hardtanh_backward(dx, dout, x, min_val, max_val):
     """dx = dout strictly inside (min_val, max_val), else 0."""
     c, dx, dout, x = _unary_backward("hardtanh_backward", dx, dout, x)
     lo, hi = _hardtanh_bounds(c, min_val, max_val, x.dtype)
-    c.outputs_distinct({"dx": dx}, {"dout": dout, "x": x})
     dx[...] = np.where((x > lo) & (x < hi), dout, 0)
 
 
 def softplus_forward(out, x):
     """out = log(1 + exp(x)) as max(x, 0) + log1p(exp(-|x|)), finite for any finite x."""
     c, out, x = _unary("softplus_forward", out, x)
-    c.outputs_distinct({"out": out}, {"x": x})
     out[...] = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
 
 
 def softplus_backward(dx, dout, x):
     """dx = dout * sigmoid(x)."""
     c, dx, dout, x = _unary_backward("softplus_backward", dx, dout, x)
-    c.outputs_distinct({"dx": dx}, {"dout": dout, "x": x})
     dx[...] = dout * _sigmoid(x)
 
 
 def identity_forward(out, x):
     """out = x."""
     c, out, x = _unary("identity_forward", out, x)
-    c.outputs_distinct({"out": out}, {"x": x})
     out[...] = x
 
 
@@ -231,7 +220,6 @@ def softmax_forward(out, x):
     """out (N,K) = softmax over the last axis, with the row maximum subtracted first."""
     c, out, x = _unary("softmax_forward", out, x)
     _rows(c, x, "x")
-    c.outputs_distinct({"out": out}, {"x": x})
     # A row holding +inf or only -inf has no defined softmax; it becomes NaN without a
     # floating-point warning, like a NaN in the input.
     with np.errstate(invalid="ignore"):
@@ -243,7 +231,6 @@ def softmax_backward(dx, dout, out):
     """dx = y * (dout - sum(dout * y, axis=-1)), y the forward output."""
     c, dx, dout, y = _unary_backward("softmax_backward", dx, dout, out, x_name="out")
     _rows(c, y, "out")
-    c.outputs_distinct({"dx": dx}, {"dout": dout, "out": y})
     dx[...] = y * (dout - (dout * y).sum(axis=1, keepdims=True))
 
 
