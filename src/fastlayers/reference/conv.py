@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import Checker
+from .activations import relu_backward, relu_forward
 
 __all__ = [
     "im2col",
     "col2im",
     "conv2d_forward",
     "conv2d_backward",
+    "conv2d_relu_forward",
+    "conv2d_relu_backward",
     "maxpool2d_forward",
     "maxpool2d_backward",
     "avgpool2d_forward",
@@ -67,6 +70,15 @@ def _unwindows(cols: np.ndarray, Hp: int, Wp: int, stride: int) -> np.ndarray:
     return xp
 
 
+def _no_aliasing(c: Checker, outputs: dict, inputs: dict) -> None:
+    """Every output against every other output and every input (inputs are only read, so they
+    may share memory with each other). None entries are skipped."""
+    outs = list(outputs.items())
+    for k, (name, a) in enumerate(outs):
+        for other, b in [*outs[k + 1 :], *inputs.items()]:
+            c.distinct(**{name: a, other: b})
+
+
 def _pad(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant", constant_values=value)
 
@@ -96,6 +108,7 @@ def im2col(col, x, FH, FW, stride, pad):
     N, C, H, W = x.shape
     FH, FW, stride, pad, OH, OW = _geometry(c, H, W, FH, FW, stride, pad)
     c.shape(col, "col", (N * OH * OW, C * FH * FW))
+    _no_aliasing(c, {"col": col}, {"x": x})
     col[...] = _im2col(x, FH, FW, stride, pad, OH, OW)
 
 
@@ -108,6 +121,7 @@ def col2im(dx, col, FH, FW, stride, pad):
     N, C, H, W = dx.shape
     FH, FW, stride, pad, OH, OW = _geometry(c, H, W, FH, FW, stride, pad, x_name="dx")
     c.shape(col, "col", (N * OH * OW, C * FH * FW))
+    _no_aliasing(c, {"dx": dx}, {"col": col})
     dx[...] = _col2im(col, N, C, H, W, FH, FW, stride, pad, OH, OW)
 
 
@@ -123,9 +137,7 @@ def _conv_args(c: Checker, x, W):
     return N, C, H, Wd, FN, FH, FW
 
 
-def conv2d_forward(out, x, W, b, stride, pad):
-    """out (N,FN,OH,OW) = cross-correlation of x (N,C,H,W) with W (FN,C,FH,FW), plus b (FN,)."""
-    c = Checker("conv2d_forward")
+def _forward_args(c: Checker, out, x, W, b, stride, pad):
     x = c.input(x, "x")
     W = c.input(W, "W", x, "x")
     b = c.input(b, "b", x, "x")
@@ -136,17 +148,35 @@ def conv2d_forward(out, x, W, b, stride, pad):
         c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
     FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
     c.shape(out, "out", (N, FN, OH, OW))
+    _no_aliasing(c, {"out": out}, {"x": x, "W": W, "b": b})
+    return out, x, W, b, stride, pad
+
+
+def conv2d_forward(out, x, W, b, stride, pad):
+    """out (N,FN,OH,OW) = cross-correlation of x (N,C,H,W) with W (FN,C,FH,FW), plus b (FN,)."""
+    out, x, W, b, stride, pad = _forward_args(Checker("conv2d_forward"), out, x, W, b, stride, pad)
+    N, C, H, Wd = x.shape
+    FN, _, FH, FW = W.shape
+    _, _, OH, OW = out.shape
     col = _im2col(x, FH, FW, stride, pad, OH, OW)
     y = col @ W.reshape(FN, C * FH * FW).T + b  # (N*OH*OW, FN)
     out[...] = y.reshape(N, OH, OW, FN).transpose(0, 3, 1, 2)
 
 
-def conv2d_backward(dx, dW, db, dout, x, W, stride, pad):
-    """dx overwritten (None skips it); dW += dout correlated with x; db += dout summed over N, OH, OW."""
-    c = Checker("conv2d_backward")
+def conv2d_relu_forward(out, x, W, b, stride, pad):
+    """out = max(conv2d_forward(x, W, b), 0), NaN propagating like relu_forward."""
+    out, x, W, b, stride, pad = _forward_args(Checker("conv2d_relu_forward"), out, x, W, b, stride, pad)
+    y = np.empty_like(out)
+    conv2d_forward(y, x, W, b, stride, pad)
+    relu_forward(out, y)
+
+
+def _backward_args(c: Checker, dx, dW, db, dout, x, W, out, stride, pad, fused: bool):
     x = c.input(x, "x")
     W = c.input(W, "W", x, "x")
     dout = c.input(dout, "dout", x, "x")
+    if fused:
+        out = c.input(out, "out", x, "x")
     dx = c.optional_output(dx, "dx", x, "x")
     dW = c.output(dW, "dW", x, "x")
     db = c.output(db, "db", x, "x")
@@ -155,10 +185,22 @@ def conv2d_backward(dx, dW, db, dout, x, W, stride, pad):
         c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
     FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
     c.shape(dout, "dout", (N, FN, OH, OW))
+    if fused:
+        c.same_shape(out, "out", dout, "dout")
     if dx is not None:
         c.same_shape(dx, "dx", x, "x")
     c.same_shape(dW, "dW", W, "W")
     c.shape(db, "db", (FN,))
+    _no_aliasing(c, {"dx": dx, "dW": dW, "db": db}, {"dout": dout, "x": x, "W": W, "out": out if fused else None})
+    return stride, pad
+
+
+def conv2d_backward(dx, dW, db, dout, x, W, stride, pad):
+    """dx overwritten (None skips it); dW += dout correlated with x; db += dout summed over N, OH, OW."""
+    stride, pad = _backward_args(Checker("conv2d_backward"), dx, dW, db, dout, x, W, None, stride, pad, False)
+    N, C, H, Wd = x.shape
+    FN, _, FH, FW = W.shape
+    _, _, OH, OW = dout.shape
     g = dout.transpose(0, 2, 3, 1).reshape(N * OH * OW, FN)
     col = _im2col(x, FH, FW, stride, pad, OH, OW)
     dW += (g.T @ col).reshape(FN, C, FH, FW)
@@ -166,6 +208,14 @@ def conv2d_backward(dx, dW, db, dout, x, W, stride, pad):
     if dx is not None:
         dcol = g @ W.reshape(FN, C * FH * FW)
         dx[...] = _col2im(dcol, N, C, H, Wd, FH, FW, stride, pad, OH, OW)
+
+
+def conv2d_relu_backward(dx, dW, db, dout, x, W, out, stride, pad):
+    """conv2d_backward of (dout where out > 0, else 0); out is conv2d_relu_forward's output."""
+    stride, pad = _backward_args(Checker("conv2d_relu_backward"), dx, dW, db, dout, x, W, out, stride, pad, True)
+    g = np.empty_like(dout)
+    relu_backward(g, dout, out)
+    conv2d_backward(dx, dW, db, g, x, W, stride, pad)
 
 
 # --- pooling -----------------------------------------------------------------------------

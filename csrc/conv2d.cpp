@@ -1,0 +1,514 @@
+// 2-D convolution (cross-correlation) by im2col + GEMM, forward and backward, with the
+// ReLU-fused variants.
+//
+// Layout. Per image n the im2col matrix is kept channel-major, col_n (K, P), K = C*FH*FW,
+// P = OH*OW: row (c*FH + i)*FW + j, column oh*OW + ow. Then
+//   out_n (FN, P) = W (FN, K) @ col_n (K, P)
+// lands directly in NCHW (out_n is image n's (FN, OH, OW) block): no transpose pass, and
+// the bias is written into out_n before a beta = 1 GEMM, so it costs no pass of its own.
+//
+// Blocking. col is never built for the whole batch (N*K*P elements: 1.3 GB for a 3x3 conv
+// of 64 channels over 100 images of 56x56). Each image is cut into tiles of whole output
+// rows (or of part of a row, for absurdly wide rows) so that a tile of col (K, t) plus a
+// (FN, t) tile of masked dout fits kScratchBytes; at the networks' shapes one tile is the
+// whole image. Each thread keeps its own scratch across calls. Tiles depend on the shapes
+// only.
+//
+// Parallelism. Every GEMM runs single-threaded (see SingleThreadedBlas) and the threads
+// share out work that is fixed by the shapes: with N >= 2 the images (forward) or fixed
+// groups of images (backward), each processed start to finish by one thread; a lone image
+// is cut into blocks instead (columns of out, or input channels in the backward) that run
+// in parallel. One parallel region per call (per tile for a lone image) is all the
+// synchronisation there is: on this 2-core machine that measured ~2x faster than chunks of
+// images with multi-threaded GEMMs, whose per-image GEMMs (FN = 16..64 rows) OpenBLAS
+// splits poorly.
+//
+// Reproducibility. Every element of out and dx is computed by one thread in an order fixed
+// by the shapes. dW and db are sums over images: each of G fixed image groups (G from the
+// shapes, never the thread count) accumulates its own partial, and the partials are added in
+// group order. So results are bit-identical for any thread count.
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "blas.h"
+#include "conv.h"
+
+namespace fl {
+
+i64 conv_mul_checked(i64 a, i64 b, const char* what) {
+    i64 r = 0;
+    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r))
+        throw std::overflow_error(std::string(what) + " = " + std::to_string(a) + " * " + std::to_string(b) +
+                                  " does not fit a 64-bit integer");
+    return r;
+}
+
+namespace {
+
+// Per-thread scratch: a tile of col (K, t) and of masked dout (FN, t); separately, the
+// padded input rows one im2col task reads. 1 MiB is this machine's L2 per core, so a tile
+// written by im2col is still in cache when the GEMM packs it.
+constexpr i64 kScratchBytes = i64{1} << 20;
+// At most this many image groups carry dW / db partials, and the dW partials together
+// stay under kPartialBytes (a huge W gets fewer groups, down to one).
+constexpr i64 kMaxGroups = 8;
+constexpr i64 kPartialBytes = i64{32} << 20;
+// Work a thread must have before a second one is worth waking: copy passes count elements,
+// GEMM work counts multiply-adds.
+constexpr i64 kMinElementsPerThread = i64{1} << 14;
+constexpr double kMinMacsPerThread = double(1 << 20);
+
+i64 min_items(i64 elements_per_item) {
+    return std::max<i64>(1, kMinElementsPerThread / std::max<i64>(1, elements_per_item));
+}
+
+i64 min_items_macs(double macs_per_item) {
+    const double m = kMinMacsPerThread / std::max(1.0, macs_per_item);
+    return m >= 1e15 ? i64{1} << 50 : std::max<i64>(1, static_cast<i64>(m));
+}
+
+// This thread's scratch for slot Slot, kept across calls when within kScratchBytes (a
+// one-pixel tile of a huge filter gets a buffer of its own, freed afterwards).
+template <class T, int Slot>
+class Scratch {
+public:
+    explicit Scratch(i64 n) {
+        const i64 bytes = conv_mul_checked(n, static_cast<i64>(sizeof(T)), "convolution scratch bytes");
+        if (bytes > kScratchBytes) {
+            own_.resize(static_cast<size_t>(n));
+            ptr_ = own_.data();
+        } else {
+            static thread_local std::vector<T> kept;
+            if (kept.size() < static_cast<size_t>(n)) kept.resize(static_cast<size_t>(n));
+            ptr_ = kept.data();
+        }
+    }
+    T* get() const { return ptr_; }
+
+private:
+    std::vector<T> own_;
+    T* ptr_ = nullptr;
+};
+
+// Every GEMM here runs single-threaded and the parallelism is ours, over images or blocks
+// fixed by the shapes, for two measured reasons. (a) OpenBLAS's multi-threaded GEMM does
+// not give the same bits as its single-threaded one (e.g. 100x100x784 and 300x400x500 sgemm
+// differ between 1 and 2 threads), so results would depend on the thread count. (b) This
+// OpenBLAS build (its own pthreads scheduler, jobs handed to our OpenMP pool) splits a large
+// GEMM into jobs that wait on one another even when called from inside one of our parallel
+// regions, where they then run on one thread and deadlock. So OpenBLAS is held at one
+// thread for the whole call; the lock keeps two calls from two Python threads from
+// restoring each other's count.
+class SingleThreadedBlas {
+public:
+    SingleThreadedBlas() : lock_(mutex()), saved_(blas::num_threads()) { blas::set_num_threads(1); }
+    ~SingleThreadedBlas() { blas::set_num_threads(saved_); }
+    SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+    SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+private:
+    static std::mutex& mutex() {
+        static std::mutex m;
+        return m;
+    }
+    std::lock_guard<std::mutex> lock_;
+    int saved_;
+};
+
+struct Plan {
+    i64 K, P;     // rows of col, output pixels per image
+    i64 tile;     // output pixels per tile (the last tile of an image may be shorter)
+    bool direct;  // 1x1, stride 1, no padding: col_n is x_n (C, H*W) itself
+};
+
+Plan plan(const ConvGeometry& g, i64 elem_bytes) {
+    Plan pl{};
+    pl.K = conv_mul_checked(conv_mul_checked(g.C, g.FH, "C*FH"), g.FW, "C*FH*FW");
+    pl.P = conv_mul_checked(g.OH, g.OW, "OH*OW");
+    pl.direct = g.FH == 1 && g.FW == 1 && g.stride == 1 && g.pad == 0;
+    // Scratch per output pixel: a column of col (K) and one of masked dout (FN).
+    const i64 per_pixel = std::max<i64>(1, pl.K + g.FN);
+    const i64 L = std::max<i64>(1, kScratchBytes / elem_bytes / per_pixel);
+    if (pl.P <= L) {
+        pl.tile = pl.P;
+    } else if (g.OW <= L) {
+        // Tiles of whole output rows, as even as possible.
+        const i64 rows = L / g.OW, tiles = (g.OH + rows - 1) / rows;
+        pl.tile = (g.OH + tiles - 1) / tiles * g.OW;
+    } else {
+        const i64 tiles = (pl.P + L - 1) / L;
+        pl.tile = (pl.P + tiles - 1) / tiles;
+    }
+    return pl;
+}
+
+// Walks the pixels [p0, p0 + t) of one col row (tap i, j of one input plane) run by run,
+// a run being the part of one output row inside the tile: run(q, n, row, ow0, off, lo, hi)
+// covers col entries [q, q + n); entry q + k reads plane[row + (ow0 + k)*s + off] for k in
+// [lo, hi) and is padding otherwise (all of it when row = -1: the input row ih lies in the
+// padding; else row = ih*W).
+template <class Run>
+inline void for_each_run(const ConvGeometry& g, i64 i, i64 j, i64 p0, i64 t, Run run) {
+    const i64 H = g.H, W = g.W, OW = g.OW, s = g.stride, pad = g.pad, off = j - pad;
+    // k in [lo, hi) <=> 0 <= (ow0 + k)*s + off < W, i.e. ceil(-off/s) <= ow0 + k < ceil((W - off)/s)
+    // (ceil(a/s) for a > 0 written as (a - 1)/s + 1, which cannot overflow for any stride)
+    const i64 first = off >= 0 ? 0 : (-off - 1) / s + 1;
+    const i64 end = W - off <= 0 ? 0 : (W - off - 1) / s + 1;
+    i64 oh = p0 / OW, ow0 = p0 % OW;  // advanced run by run: no division per run
+    for (i64 q = 0; q < t;) {
+        const i64 n = std::min(OW - ow0, t - q);
+        const i64 ih = oh * s + i - pad;
+        const i64 lo = std::clamp<i64>(first - ow0, 0, n), hi = std::clamp<i64>(end - ow0, lo, n);
+        run(q, n, ih >= 0 && ih < H ? ih * W : i64{-1}, ow0, off, lo, hi);
+        q += n;
+        ow0 += n;
+        if (ow0 == OW) {
+            ow0 = 0;
+            ++oh;
+        }
+    }
+}
+
+// A tile of whole output rows [oh0, oh0 + rows) reads padded input rows [oh0*s, oh0*s + R),
+// R = (rows - 1)*s + FH, each Wp = W + 2*pad wide. Returns R, or 0 when the tile is not
+// whole rows or those rows would not fit the scratch (it then tests bounds run by run).
+i64 padded_rows(const ConvGeometry& g, i64 p0, i64 t, i64 elem_bytes) {
+    if (p0 % g.OW != 0 || t % g.OW != 0) return 0;
+    const i64 R = (t / g.OW - 1) * g.stride + g.FH;
+    const double bytes = double(R) * double(g.W + 2 * g.pad) * double(elem_bytes);
+    return bytes <= double(kScratchBytes) ? R : 0;
+}
+
+// buf (R, Wp) = padded rows [r0, r0 + R) of plane (H, W): zero outside the plane.
+template <class T>
+void pad_rows(T* buf, const T* plane, const ConvGeometry& g, i64 r0, i64 R) {
+    const i64 H = g.H, W = g.W, pad = g.pad, Wp = W + 2 * pad;
+    for (i64 r = 0; r < R; ++r) {
+        T* b = buf + r * Wp;
+        const i64 ih = r0 + r - pad;
+        if (ih < 0 || ih >= H) {
+            std::fill(b, b + Wp, T(0));
+            continue;
+        }
+        std::fill(b, b + pad, T(0));
+        std::copy(plane + ih * W, plane + (ih + 1) * W, b + pad);
+        std::fill(b + pad + W, b + Wp, T(0));
+    }
+}
+
+// col (K, t) = columns [p0, p0 + t) of image xn's (C, H, W) col_n, for the input channels
+// [c0, c1) (col rows c0*FH*FW .. c1*FH*FW). One task per channel, parallel unless already
+// inside a parallel region. A tile of whole output rows first copies the input rows it reads
+// into a padded buffer, so each col row is plain (strided) copies without bounds tests.
+template <class T>
+void im2col_tile(T* col, const T* xn, const ConvGeometry& g, i64 p0, i64 t, i64 c0, i64 c1) {
+    const i64 FH = g.FH, FW = g.FW, OW = g.OW, s = g.stride, HW = g.H * g.W, Wp = g.W + 2 * g.pad;
+    const i64 R = padded_rows(g, p0, t, sizeof(T));
+    parallel_for(c1 - c0, [&](i64 task) {
+        const i64 c = c0 + task;
+        const T* plane = xn + c * HW;  // (H, W)
+        if (R > 0) {
+            Scratch<T, 1> scratch(R * Wp);
+            T* buf = scratch.get();  // (R, Wp)
+            pad_rows(buf, plane, g, p0 / OW * s, R);
+            const i64 rows = t / OW;
+            for (i64 i = 0; i < FH; ++i) {
+                for (i64 j = 0; j < FW; ++j) {
+                    T* dst = col + ((c * FH + i) * FW + j) * t;  // (rows, OW)
+                    for (i64 r = 0; r < rows; ++r) {
+                        const T* src = buf + (r * s + i) * Wp + j;
+                        T* d = dst + r * OW;
+                        if (s == 1) {
+                            for (i64 k = 0; k < OW; ++k) d[k] = src[k];
+                        } else {
+                            for (i64 k = 0; k < OW; ++k) d[k] = src[k * s];
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        for (i64 i = 0; i < FH; ++i) {
+            for (i64 j = 0; j < FW; ++j) {
+                T* dst = col + ((c * FH + i) * FW + j) * t;  // (t,)
+                for_each_run(g, i, j, p0, t, [&](i64 q, i64 n, i64 row, i64 ow0, i64 off, i64 lo, i64 hi) {
+                    T* d = dst + q;
+                    if (row < 0) {
+                        for (i64 k = 0; k < n; ++k) d[k] = T(0);
+                        return;
+                    }
+                    const T* r = plane + row;  // r[(ow0 + k)*s + off] is in range for k in [lo, hi)
+                    for (i64 k = 0; k < lo; ++k) d[k] = T(0);
+                    for (i64 k = lo; k < hi; ++k) d[k] = r[(ow0 + k) * s + off];
+                    for (i64 k = hi; k < n; ++k) d[k] = T(0);
+                });
+            }
+        }
+    }, min_items(FH * FW * t));
+}
+
+// The adjoint of im2col_tile: planes [c0, c1) of dxn (C, H, W) += col (K, t) scattered back
+// to the source pixels (padding dropped); the tile at p0 = 0 first zeroes them. One task per
+// channel, which owns its plane; the order in which a pixel sums its taps is fixed by the
+// shapes. Whole-row tiles accumulate into a zeroed padded buffer without bounds tests, then
+// add its interior to the plane.
+template <class T>
+void col2im_tile(T* dxn, const T* col, const ConvGeometry& g, i64 p0, i64 t, i64 c0, i64 c1) {
+    const i64 H = g.H, W = g.W, FH = g.FH, FW = g.FW, OW = g.OW, s = g.stride, pad = g.pad;
+    const i64 HW = H * W, Wp = W + 2 * pad;
+    const i64 R = padded_rows(g, p0, t, sizeof(T));
+    parallel_for(c1 - c0, [&](i64 task) {
+        const i64 c = c0 + task;
+        T* plane = dxn + c * HW;  // (H, W)
+        if (p0 == 0) std::fill(plane, plane + HW, T(0));
+        if (R > 0) {
+            Scratch<T, 1> scratch(R * Wp);
+            T* buf = scratch.get();  // (R, Wp)
+            std::fill(buf, buf + R * Wp, T(0));
+            const i64 rows = t / OW, r0 = p0 / OW * s;
+            for (i64 i = 0; i < FH; ++i) {
+                for (i64 j = 0; j < FW; ++j) {
+                    const T* src = col + ((c * FH + i) * FW + j) * t;  // (rows, OW)
+                    for (i64 r = 0; r < rows; ++r) {
+                        T* b = buf + (r * s + i) * Wp + j;
+                        const T* sq = src + r * OW;
+                        if (s == 1) {
+                            for (i64 k = 0; k < OW; ++k) b[k] += sq[k];
+                        } else {
+                            for (i64 k = 0; k < OW; ++k) b[k * s] += sq[k];
+                        }
+                    }
+                }
+            }
+            for (i64 r = 0; r < R; ++r) {
+                const i64 ih = r0 + r - pad;
+                if (ih < 0 || ih >= H) continue;
+                T* d = plane + ih * W;
+                const T* b = buf + r * Wp + pad;
+                for (i64 k = 0; k < W; ++k) d[k] += b[k];
+            }
+            return;
+        }
+        for (i64 i = 0; i < FH; ++i) {
+            for (i64 j = 0; j < FW; ++j) {
+                const T* src = col + ((c * FH + i) * FW + j) * t;  // (t,)
+                for_each_run(g, i, j, p0, t, [&](i64 q, i64, i64 row, i64 ow0, i64 off, i64 lo, i64 hi) {
+                    if (row < 0) return;
+                    T* r = plane + row;
+                    const T* sq = src + q;
+                    for (i64 k = lo; k < hi; ++k) r[(ow0 + k) * s + off] += sq[k];
+                });
+            }
+        }
+    }, min_items(FH * FW * t));
+}
+
+template <class T>
+inline T relu(T v) {
+    return v > T(0) || v != v ? v : T(0);
+}
+
+// Fixed (shape-only) split of [0, n) into `parts` ranges: part k is [n*k/parts, n*(k+1)/parts).
+inline i64 part_begin(i64 n, i64 parts, i64 k) { return n * k / parts; }
+
+// Blocks a lone image's work is split into, so that its GEMMs can run on several threads
+// while each stays single-threaded: at most kImageBlocks, none under kMinBlock columns.
+constexpr i64 kImageBlocks = 8;
+constexpr i64 kMinBlock = 64;
+
+// out_n (FN, P) = W (FN, K) @ col_n (K, P) + b, tile by tile: the tile of out is set to
+// b, the GEMM adds onto it (beta = 1), then the ReLU runs on it while it is in cache. With
+// `split` (a lone image) each tile's columns are cut into blocks that run in parallel.
+template <class T, bool Relu>
+void forward_image(T* outn, const T* xn, const T* W, const T* b, const ConvGeometry& g, const Plan& pl,
+                   bool split) {
+    const i64 K = pl.K, P = pl.P, FN = g.FN;
+    Scratch<T, 0> scratch(pl.direct ? 0 : K * pl.tile);
+    T* col = scratch.get();  // (K, tile)
+    for (i64 p0 = 0; p0 < P; p0 += pl.tile) {
+        const i64 t = std::min(pl.tile, P - p0);
+        const T* B = xn + p0;  // (K, t) with leading dimension ldb
+        i64 ldb = P;
+        if (K > 0 && !pl.direct) {
+            im2col_tile(col, xn, g, p0, t, 0, g.C);
+            B = col;
+            ldb = t;
+        }
+        const i64 blocks = split ? std::clamp<i64>(t / kMinBlock, 1, kImageBlocks) : 1;
+        parallel_for(blocks, [&](i64 k) {
+            const i64 q0 = part_begin(t, blocks, k), q1 = part_begin(t, blocks, k + 1);
+            T* o = outn + p0 + q0;  // (FN, q1 - q0) with leading dimension P
+            for (i64 f = 0; f < FN; ++f) std::fill(o + f * P, o + f * P + (q1 - q0), b[f]);
+            if (K > 0) blas::gemm(false, false, FN, q1 - q0, K, T(1), W, K, B + q0, ldb, T(1), o, P);
+            if (Relu)
+                for (i64 f = 0; f < FN; ++f)
+                    for (i64 q = 0; q < q1 - q0; ++q) o[f * P + q] = relu(o[f * P + q]);
+        }, min_items_macs(double(FN) * double(K) * double(t) / double(blocks)));
+    }
+}
+
+template <class T, bool Relu>
+void forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) {
+    const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
+    if (N == 0 || FN == 0) return;
+    const Plan pl = plan(g, sizeof(T));
+    [[maybe_unused]] SingleThreadedBlas single;
+    if (N == 1) {
+        forward_image<T, Relu>(out, x, W, b, g, pl, true);
+        return;
+    }
+    parallel_for(N, [&](i64 n) {
+        forward_image<T, Relu>(out + n * FN * pl.P, x + n * CHW, W, b, g, pl, false);
+    }, min_items_macs(double(FN) * double(pl.K) * double(pl.P)));
+}
+
+// With y_n = W @ col_n + b and g_n = dL/dy_n (FN, P) (for the fused variant, dout_n where
+// out_n > 0, else 0), for each tile of each image:
+//   (1) dW (FN, K) += g (FN, t) @ col^T (t, K)
+//   (2) db (FN,)   += sum over the tile of g        (in double until the end)
+//   (3) dcol (K, t) = W^T @ g, then dx_n += col2im(dcol)   (dx skipped when null)
+// For the 1x1 direct case col is x_n itself and dcol is dx_n's tile. With `split` (an image
+// processed alone) (1) and (3) are cut by input channels, rows [c0*FH*FW, c1*FH*FW) of col:
+// each block owns those columns of dW, rows of dcol and planes of dx, and the blocks run in
+// parallel.
+template <class T, bool Relu>
+void backward_image(T* dxn, T* dW, double* db_acc, const T* doutn, const T* xn, const T* W, const T* outn,
+                    const ConvGeometry& g, const Plan& pl, bool split) {
+    const i64 K = pl.K, P = pl.P, FN = g.FN, C = g.C, taps = g.FH * g.FW;
+    Scratch<T, 0> scratch((pl.direct ? 0 : K * pl.tile) + (Relu ? FN * pl.tile : 0));
+    T* col = scratch.get();                           // (K, tile): col, then dcol
+    T* gbuf = col + (pl.direct ? 0 : K * pl.tile);    // (FN, tile): masked dout
+    const i64 blocks = split ? std::min(C, kImageBlocks) : 1;
+    for (i64 p0 = 0; p0 < P; p0 += pl.tile) {
+        const i64 t = std::min(pl.tile, P - p0);
+        const T* gt = doutn + p0;  // (FN, t) with leading dimension ldg
+        i64 ldg = P;
+        if (Relu) {
+            for (i64 f = 0; f < FN; ++f) {
+                const T* d = doutn + f * P + p0;
+                const T* o = outn + f * P + p0;
+                T* r = gbuf + f * t;
+                for (i64 q = 0; q < t; ++q) r[q] = o[q] > T(0) ? d[q] : T(0);
+            }
+            gt = gbuf;
+            ldg = t;
+        }
+        // (2)
+        for (i64 f = 0; f < FN; ++f) {
+            const T* r = gt + f * ldg;
+            double acc = 0.0;
+            for (i64 q = 0; q < t; ++q) acc += static_cast<double>(r[q]);
+            db_acc[f] += acc;
+        }
+        if (K == 0) continue;
+        const T* ct = xn + p0;  // (K, t) with leading dimension ldc
+        i64 ldc = P;
+        if (!pl.direct) {
+            im2col_tile(col, xn, g, p0, t, 0, C);
+            ct = col;
+            ldc = t;
+        }
+        parallel_for(blocks, [&](i64 k) {
+            const i64 c0 = part_begin(C, blocks, k), c1 = part_begin(C, blocks, k + 1);
+            const i64 r0 = c0 * taps, rows = (c1 - c0) * taps;
+            // (1)
+            blas::gemm(false, true, FN, rows, t, T(1), gt, ldg, ct + r0 * ldc, ldc, T(1), dW + r0, K);
+            // (3)
+            if (!dxn) return;
+            if (pl.direct) {
+                blas::gemm(true, false, rows, t, FN, T(1), W + r0, K, gt, ldg, T(0), dxn + r0 * P + p0, P);
+            } else {
+                blas::gemm(true, false, rows, t, FN, T(1), W + r0, K, gt, ldg, T(0), col + r0 * t, t);
+                col2im_tile(dxn, col, g, p0, t, c0, c1);
+            }
+        }, min_items_macs(double(FN) * double(K) * double(t) * 2.0 / double(blocks)));
+    }
+}
+
+template <class T, bool Relu>
+void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out, const ConvGeometry& g) {
+    const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
+    if (N == 0) return;
+    if (FN == 0) {
+        // Nothing flows back: dx = W^T @ (an empty dout) = 0.
+        if (dx) std::memset(dx, 0, static_cast<size_t>(N * CHW) * sizeof(T));
+        return;
+    }
+    const Plan pl = plan(g, sizeof(T));
+    const i64 P = pl.P, FNK = FN * pl.K;  // FNK is W's size, so it fits
+    [[maybe_unused]] SingleThreadedBlas single;
+    auto image = [&](i64 n, T* dWg, double* dbg, bool split) {
+        backward_image<T, Relu>(dx ? dx + n * CHW : nullptr, dWg, dbg, dout + n * FN * P, x + n * CHW, W,
+                                Relu ? out + n * FN * P : nullptr, g, pl, split);
+    };
+    std::vector<double> db_acc(static_cast<size_t>(FN), 0.0);
+    i64 G = std::min(N, kMaxGroups);
+    const double partial_bytes = double(FNK) * double(sizeof(T));
+    if (partial_bytes > 0) G = std::max<i64>(1, std::min<i64>(G, static_cast<i64>(kPartialBytes / partial_bytes)));
+    if (G == 1) {
+        // One image, or a W too large for partials: images in order, straight into dW,
+        // each split by input channels.
+        for (i64 n = 0; n < N; ++n) image(n, dW, db_acc.data(), true);
+    } else {
+        std::vector<T> dW_part(static_cast<size_t>(G * FNK), T(0));
+        std::vector<double> db_part(static_cast<size_t>(G * FN), 0.0);
+        const double macs_per_group = double(FNK) * double(P) * (dx ? 2.0 : 1.0) * double(N) / double(G);
+        parallel_for(G, [&](i64 gi) {
+            for (i64 n = part_begin(N, G, gi); n < part_begin(N, G, gi + 1); ++n)
+                image(n, dW_part.data() + gi * FNK, db_part.data() + gi * FN, false);
+        }, min_items_macs(macs_per_group));
+        parallel_chunks(FNK, [&](i64 k0, i64 k1) {
+            for (i64 k = k0; k < k1; ++k) {
+                T acc = dW_part[k];
+                for (i64 gi = 1; gi < G; ++gi) acc += dW_part[gi * FNK + k];
+                dW[k] += acc;
+            }
+        });
+        for (i64 f = 0; f < FN; ++f)
+            for (i64 gi = 0; gi < G; ++gi) db_acc[f] += db_part[gi * FN + f];
+    }
+    for (i64 f = 0; f < FN; ++f) db[f] += static_cast<T>(db_acc[f]);
+}
+
+}  // namespace
+
+template <class T>
+void conv2d_forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) {
+    forward<T, false>(out, x, W, b, g);
+}
+
+template <class T>
+void conv2d_relu_forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) {
+    forward<T, true>(out, x, W, b, g);
+}
+
+template <class T>
+void conv2d_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const ConvGeometry& g) {
+    backward<T, false>(dx, dW, db, dout, x, W, nullptr, g);
+}
+
+template <class T>
+void conv2d_relu_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out,
+                          const ConvGeometry& g) {
+    backward<T, true>(dx, dW, db, dout, x, W, out, g);
+}
+
+template void conv2d_forward<float>(float*, const float*, const float*, const float*, const ConvGeometry&);
+template void conv2d_forward<double>(double*, const double*, const double*, const double*, const ConvGeometry&);
+template void conv2d_relu_forward<float>(float*, const float*, const float*, const float*, const ConvGeometry&);
+template void conv2d_relu_forward<double>(double*, const double*, const double*, const double*,
+                                          const ConvGeometry&);
+template void conv2d_backward<float>(float*, float*, float*, const float*, const float*, const float*,
+                                     const ConvGeometry&);
+template void conv2d_backward<double>(double*, double*, double*, const double*, const double*, const double*,
+                                      const ConvGeometry&);
+template void conv2d_relu_backward<float>(float*, float*, float*, const float*, const float*, const float*,
+                                          const float*, const ConvGeometry&);
+template void conv2d_relu_backward<double>(double*, double*, double*, const double*, const double*,
+                                           const double*, const double*, const ConvGeometry&);
+
+}  // namespace fl
