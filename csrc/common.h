@@ -19,10 +19,11 @@ using i64 = std::int64_t;
 
 // a * b for sizes that will size an allocation or index a buffer: refuses negative operands
 // and any product that does not fit int64, before anything is allocated.
-inline i64 checked_mul(i64 a, i64 b) {
+inline i64 checked_mul(i64 a, i64 b, const char* what = "size") {
     i64 r;
     if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r))
-        throw std::overflow_error("size " + std::to_string(a) + " x " + std::to_string(b) + " overflows int64");
+        throw std::overflow_error(std::string(what) + " = " + std::to_string(a) + " * " + std::to_string(b) +
+                                  " does not fit a 64-bit integer");
     return r;
 }
 

@@ -17,10 +17,6 @@ struct ConvGeometry {
     i64 OH, OW;      // output (N,FN,OH,OW)
 };
 
-// a * b for non-negative sizes; throws std::overflow_error naming `what` when the product
-// does not fit int64.
-i64 conv_mul_checked(i64 a, i64 b, const char* what);
-
 // ---- im2col.cpp (the contract's textbook layout)
 // col (N*OH*OW, C*FH*FW) from x (N,C,H,W): row (n*OH + oh)*OW + ow, column (c*FH + i)*FW + j
 // holds x[n, c, oh*stride + i - pad, ow*stride + j - pad], or 0 where that lies in the padding.

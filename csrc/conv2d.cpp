@@ -14,8 +14,9 @@
 // whole image. Each thread keeps its own scratch across calls. Tiles depend on the shapes
 // only.
 //
-// Parallelism. Every GEMM runs single-threaded (see SingleThreadedBlas) and the threads
-// share out work that is fixed by the shapes: with N >= 2 the images (forward) or fixed
+// Parallelism. Every GEMM is called from inside our parallel loops, where the BLAS seam runs
+// it on the calling thread (OpenBLAS itself is single-threaded, see threading.cpp), and the
+// threads share out work that is fixed by the shapes: with N >= 2 the images (forward) or fixed
 // groups of images (backward), each processed start to finish by one thread; a lone image
 // is cut into blocks instead (columns of out, or input channels in the backward) that run
 // in parallel. One parallel region per call (per tile for a lone image) is all the
@@ -29,7 +30,6 @@
 // group order. So results are bit-identical for any thread count.
 #include <algorithm>
 #include <cstring>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -38,14 +38,6 @@
 #include "conv.h"
 
 namespace fl {
-
-i64 conv_mul_checked(i64 a, i64 b, const char* what) {
-    i64 r = 0;
-    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r))
-        throw std::overflow_error(std::string(what) + " = " + std::to_string(a) + " * " + std::to_string(b) +
-                                  " does not fit a 64-bit integer");
-    return r;
-}
 
 namespace {
 
@@ -77,7 +69,7 @@ template <class T, int Slot>
 class Scratch {
 public:
     explicit Scratch(i64 n) {
-        const i64 bytes = conv_mul_checked(n, static_cast<i64>(sizeof(T)), "convolution scratch bytes");
+        const i64 bytes = checked_mul(n, static_cast<i64>(sizeof(T)), "convolution scratch bytes");
         if (bytes > kScratchBytes) {
             own_.resize(static_cast<size_t>(n));
             ptr_ = own_.data();
@@ -94,31 +86,6 @@ private:
     T* ptr_ = nullptr;
 };
 
-// Every GEMM here runs single-threaded and the parallelism is ours, over images or blocks
-// fixed by the shapes, for two measured reasons. (a) OpenBLAS's multi-threaded GEMM does
-// not give the same bits as its single-threaded one (e.g. 100x100x784 and 300x400x500 sgemm
-// differ between 1 and 2 threads), so results would depend on the thread count. (b) This
-// OpenBLAS build (its own pthreads scheduler, jobs handed to our OpenMP pool) splits a large
-// GEMM into jobs that wait on one another even when called from inside one of our parallel
-// regions, where they then run on one thread and deadlock. So OpenBLAS is held at one
-// thread for the whole call; the lock keeps two calls from two Python threads from
-// restoring each other's count.
-class SingleThreadedBlas {
-public:
-    SingleThreadedBlas() : lock_(mutex()), saved_(blas::num_threads()) { blas::set_num_threads(1); }
-    ~SingleThreadedBlas() { blas::set_num_threads(saved_); }
-    SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-    SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
-private:
-    static std::mutex& mutex() {
-        static std::mutex m;
-        return m;
-    }
-    std::lock_guard<std::mutex> lock_;
-    int saved_;
-};
-
 struct Plan {
     i64 K, P;     // rows of col, output pixels per image
     i64 tile;     // output pixels per tile (the last tile of an image may be shorter)
@@ -127,8 +94,8 @@ struct Plan {
 
 Plan plan(const ConvGeometry& g, i64 elem_bytes) {
     Plan pl{};
-    pl.K = conv_mul_checked(conv_mul_checked(g.C, g.FH, "C*FH"), g.FW, "C*FH*FW");
-    pl.P = conv_mul_checked(g.OH, g.OW, "OH*OW");
+    pl.K = checked_mul(checked_mul(g.C, g.FH, "C*FH"), g.FW, "C*FH*FW");
+    pl.P = checked_mul(g.OH, g.OW, "OH*OW");
     pl.direct = g.FH == 1 && g.FW == 1 && g.stride == 1 && g.pad == 0;
     // Scratch per output pixel: a column of col (K) and one of masked dout (FN).
     const i64 per_pixel = std::max<i64>(1, pl.K + g.FN);
@@ -356,7 +323,6 @@ void forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) 
     const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
     if (N == 0 || FN == 0) return;
     const Plan pl = plan(g, sizeof(T));
-    [[maybe_unused]] SingleThreadedBlas single;
     if (N == 1) {
         forward_image<T, Relu>(out, x, W, b, g, pl, true);
         return;
@@ -440,7 +406,6 @@ void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const 
     }
     const Plan pl = plan(g, sizeof(T));
     const i64 P = pl.P, FNK = FN * pl.K;  // FNK is W's size, so it fits
-    [[maybe_unused]] SingleThreadedBlas single;
     auto image = [&](i64 n, T* dWg, double* dbg, bool split) {
         backward_image<T, Relu>(dx ? dx + n * CHW : nullptr, dWg, dbg, dout + n * FN * P, x + n * CHW, W,
                                 Relu ? out + n * FN * P : nullptr, g, pl, split);

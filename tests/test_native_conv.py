@@ -584,19 +584,9 @@ def test_bitwise_identical_for_one_and_two_threads(case, dtype):
         assert np.array_equal(a, b), f"result {k} differs between 1 and 2 threads"
 
 
-def test_blas_thread_count_is_restored():
-    saved = fastlayers.backend.get_num_threads()
-    args = _fwd_args()
-    nat.conv2d_forward(*args)
-    nat.conv2d_backward(*_bwd_args())
-    assert fastlayers.build_info()["blas_threads"] == saved
-
-
 def test_concurrent_calls_from_python_threads():
-    """Convolutions hold OpenBLAS at one thread for the call; two Python threads doing that
-    at once, beside a plain GEMM, must neither deadlock nor change a convolution's result,
-    and the thread count must come back. (The plain GEMM may run single-threaded while a
-    convolution holds OpenBLAS, which changes its rounding, not its value.)"""
+    """Two Python threads running convolutions at once (the GIL is released), beside a third
+    running plain GEMMs, must neither deadlock nor change any result by a single bit."""
     rng = np.random.default_rng(14)
     x, W = rand(rng, (12, 16, 14, 14), np.float32), rand(rng, (32, 16, 3, 3), np.float32)
     b = rand(rng, (32,), np.float32)
@@ -622,7 +612,6 @@ def test_concurrent_calls_from_python_threads():
             nat.affine_forward(o, a, B, np.zeros(400, np.float32))
             gemm_outs.append(o)
 
-    saved = fastlayers.backend.get_num_threads()
     threads = [threading.Thread(target=f, daemon=True) for f in (convs, convs, gemms)]
     for t in threads:
         t.start()
@@ -631,10 +620,10 @@ def test_concurrent_calls_from_python_threads():
     assert not any(t.is_alive() for t in threads), "deadlock"
     assert len(differs) == 20 and not any(differs)
     assert len(gemm_outs) == 30
-    mag = np.abs(a).astype(F64) @ np.abs(B)
     for o in gemm_outs:
-        assert_close_reduction(o, gemm_want, mag, 500, np.float32, "GEMM beside convolutions")
-    assert fastlayers.build_info()["blas_threads"] == saved
+        assert np.array_equal(o, gemm_want), "GEMM beside convolutions"
+    # OpenBLAS stays single-threaded throughout: the pool that owns the cores is ours.
+    assert fastlayers.build_info()["blas_threads"] == 1
 
 
 # --- the fused oracle's gradient -----------------------------------------------------------

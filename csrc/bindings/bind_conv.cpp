@@ -47,8 +47,8 @@ void geometry(const Checker& c, ConvGeometry& g, py::handle stride, py::handle p
 void col_shape(const Checker& c, const py::array& col, const ConvGeometry& g) {
     i64 rows = 0, cols = 0;
     try {
-        rows = conv_mul_checked(conv_mul_checked(g.N, g.OH, "N*OH"), g.OW, "N*OH*OW");
-        cols = conv_mul_checked(conv_mul_checked(g.C, g.FH, "C*FH"), g.FW, "C*FH*FW");
+        rows = checked_mul(checked_mul(g.N, g.OH, "N*OH"), g.OW, "N*OH*OW");
+        cols = checked_mul(checked_mul(g.C, g.FH, "C*FH"), g.FW, "C*FH*FW");
     } catch (const std::overflow_error& e) {
         c.value_error("argument 'col' has shape " + shape_str(col) + "; expected (N*OH*OW, C*FH*FW) with N=" +
                       std::to_string(g.N) + ", OH=" + std::to_string(g.OH) + ", OW=" + std::to_string(g.OW) +
