@@ -4,6 +4,7 @@
 
 #include "activations.h"
 #include "checks.h"
+#include "kernels.h"
 #include "vecmath.h"
 
 namespace fl::bind {
@@ -170,6 +171,9 @@ RbfShapes rbf_shapes(const Checker& c, const Arr& x, py::handle centers_, py::ha
 }  // namespace
 
 void bind_activations(py::module_& m) {
+    def_unary(m, "relu_forward", relu_forward<float>, relu_forward<double>, "out = max(x, 0), any shape");
+    def_unary_backward(m, "relu_backward", "x", relu_backward<float>, relu_backward<double>,
+                       "dx = dout where x > 0 else 0");
     // ---- leaky ReLU
     m.def(
         "leaky_relu_forward",

@@ -7,7 +7,6 @@
 
 namespace fl::bind {
 void bind_affine(py::module_& m);
-void bind_relu(py::module_& m);
 void bind_softmax_cross_entropy(py::module_& m);
 void bind_conv(py::module_& m);
 void bind_pool(py::module_& m);
@@ -60,7 +59,6 @@ PYBIND11_MODULE(_native, m) {
     m.def("_blas_separate_pools", &fl::blas::use_separate_pools, py::arg("on"), py::arg("threads"));
 
     fl::bind::bind_affine(m);
-    fl::bind::bind_relu(m);
     fl::bind::bind_softmax_cross_entropy(m);
     fl::bind::bind_conv(m);
     fl::bind::bind_pool(m);
