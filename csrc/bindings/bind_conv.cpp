@@ -11,17 +11,6 @@ namespace fl::bind {
 
 namespace {
 
-using Named = std::pair<const py::array*, const char*>;
-
-// Every output against every other output and every input. Inputs may share memory with
-// each other: they are only read.
-void no_aliasing(const Checker& c, std::initializer_list<Named> outputs, std::initializer_list<Named> inputs) {
-    for (auto o = outputs.begin(); o != outputs.end(); ++o) {
-        for (auto p = std::next(o); p != outputs.end(); ++p) c.distinct({*o, *p});
-        for (const Named& in : inputs) c.distinct({*o, in});
-    }
-}
-
 // stride, pad and the output size, validated like fastlayers.reference.conv._geometry
 // (g.H, g.W, g.FH, g.FW already set).
 void geometry(const Checker& c, ConvGeometry& g, py::handle stride, py::handle pad, const char* x_name) {
@@ -92,7 +81,7 @@ void forward(const char* kernel, py::object out_, py::object x_, py::object W_, 
     nonempty_filter(c, W, g);
     geometry(c, g, stride, pad, "x");
     c.shape(out.a, "out", {g.N, g.FN, g.OH, g.OW});
-    no_aliasing(c, {{&out.a, "out"}}, {{&x.a, "x"}, {&W.a, "W"}, {&b.a, "b"}});
+    c.outputs_distinct({{&out.a, "out"}}, {{&x.a, "x"}, {&W.a, "W"}, {&b.a, "b"}});
     dispatch(x.dtype, [&](auto t) {
         using T = decltype(t);
         py::gil_scoped_release nogil;
@@ -123,12 +112,8 @@ void backward(const char* kernel, py::object dx_, py::object dW_, py::object db_
     if (dx) c.same_shape(dx->a, "dx", x.a, "x");
     c.same_shape(dW.a, "dW", W.a, "W");
     c.shape(db.a, "db", {g.FN});
-    // An absent dx or out is checked as an empty stand-in, which overlaps nothing.
-    const py::array none = py::array(py::dtype::of<float>(), py::array::ShapeContainer{0});
-    const py::array& dxa = dx ? dx->a : none;
-    const py::array& outa = out ? out->a : none;
-    no_aliasing(c, {{&dxa, "dx"}, {&dW.a, "dW"}, {&db.a, "db"}},
-                {{&dout.a, "dout"}, {&x.a, "x"}, {&W.a, "W"}, {&outa, "out"}});
+    c.outputs_distinct({{dx ? &dx->a : nullptr, "dx"}, {&dW.a, "dW"}, {&db.a, "db"}},
+                       {{&dout.a, "dout"}, {&x.a, "x"}, {&W.a, "W"}, {out ? &out->a : nullptr, "out"}});
     dispatch(x.dtype, [&](auto t) {
         using T = decltype(t);
         py::gil_scoped_release nogil;
@@ -160,7 +145,7 @@ void bind_conv(py::module_& m) {
             g.FW = c.positive_int(FW, "FW");
             geometry(c, g, stride, pad, "x");
             col_shape(c, col.a, g);
-            no_aliasing(c, {{&col.a, "col"}}, {{&x.a, "x"}});
+            c.outputs_distinct({{&col.a, "col"}}, {{&x.a, "x"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -186,7 +171,7 @@ void bind_conv(py::module_& m) {
             g.FW = c.positive_int(FW, "FW");
             geometry(c, g, stride, pad, "dx");
             col_shape(c, col.a, g);
-            no_aliasing(c, {{&dx.a, "dx"}}, {{&col.a, "col"}});
+            c.outputs_distinct({{&dx.a, "dx"}}, {{&col.a, "col"}});
             dispatch(col.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;

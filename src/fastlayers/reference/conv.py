@@ -70,15 +70,6 @@ def _unwindows(cols: np.ndarray, Hp: int, Wp: int, stride: int) -> np.ndarray:
     return xp
 
 
-def _no_aliasing(c: Checker, outputs: dict, inputs: dict) -> None:
-    """Every output against every other output and every input (inputs are only read, so they
-    may share memory with each other). None entries are skipped."""
-    outs = list(outputs.items())
-    for k, (name, a) in enumerate(outs):
-        for other, b in [*outs[k + 1 :], *inputs.items()]:
-            c.distinct(**{name: a, other: b})
-
-
 def _pad(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant", constant_values=value)
 
@@ -108,7 +99,7 @@ def im2col(col, x, FH, FW, stride, pad):
     N, C, H, W = x.shape
     FH, FW, stride, pad, OH, OW = _geometry(c, H, W, FH, FW, stride, pad)
     c.shape(col, "col", (N * OH * OW, C * FH * FW))
-    _no_aliasing(c, {"col": col}, {"x": x})
+    c.outputs_distinct({"col": col}, {"x": x})
     col[...] = _im2col(x, FH, FW, stride, pad, OH, OW)
 
 
@@ -121,7 +112,7 @@ def col2im(dx, col, FH, FW, stride, pad):
     N, C, H, W = dx.shape
     FH, FW, stride, pad, OH, OW = _geometry(c, H, W, FH, FW, stride, pad, x_name="dx")
     c.shape(col, "col", (N * OH * OW, C * FH * FW))
-    _no_aliasing(c, {"dx": dx}, {"col": col})
+    c.outputs_distinct({"dx": dx}, {"col": col})
     dx[...] = _col2im(col, N, C, H, W, FH, FW, stride, pad, OH, OW)
 
 
@@ -148,7 +139,7 @@ def _forward_args(c: Checker, out, x, W, b, stride, pad):
         c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
     FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
     c.shape(out, "out", (N, FN, OH, OW))
-    _no_aliasing(c, {"out": out}, {"x": x, "W": W, "b": b})
+    c.outputs_distinct({"out": out}, {"x": x, "W": W, "b": b})
     return out, x, W, b, stride, pad
 
 
@@ -191,7 +182,7 @@ def _backward_args(c: Checker, dx, dW, db, dout, x, W, out, stride, pad, fused: 
         c.same_shape(dx, "dx", x, "x")
     c.same_shape(dW, "dW", W, "W")
     c.shape(db, "db", (FN,))
-    _no_aliasing(c, {"dx": dx, "dW": dW, "db": db}, {"dout": dout, "x": x, "W": W, "out": out if fused else None})
+    c.outputs_distinct({"dx": dx, "dW": dW, "db": db}, {"dout": dout, "x": x, "W": W, "out": out if fused else None})
     return stride, pad
 
 
