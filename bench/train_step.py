@@ -48,15 +48,21 @@ def step_fn(name: str, fuse: bool = True):
     return step
 
 
-def time_steps(step, x, t, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step(x, t)
-    times = []
+def time_interleaved(configs: dict, x, t, steps: int, warmup: int) -> dict[str, float]:
+    """Median ms per step of each (backend, step) config, timed in turn step by step so that
+    a slow moment of the machine hits them all alike."""
+    for backend_name, step in configs.values():
+        with backend.use(backend_name):
+            for _ in range(warmup):
+                step(x, t)
+    times: dict[str, list[float]] = {label: [] for label in configs}
     for _ in range(steps):
-        start = time.perf_counter()
-        step(x, t)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for label, (backend_name, step) in configs.items():
+            with backend.use(backend_name):
+                start = time.perf_counter()
+                step(x, t)
+                times[label].append(time.perf_counter() - start)
+    return {label: 1e3 * statistics.median(v) for label, v in times.items()}
 
 
 def main() -> None:
@@ -84,13 +90,18 @@ def main() -> None:
         if not ok:
             raise SystemExit("validation failed: the backends do not compute the same step")
 
-    print(f"\nms per training step, batch {args.batch}, float32 (median of {args.steps})")
+    print(f"\nms per training step, batch {args.batch}, float32 (median of {args.steps}; the native configurations interleaved)")
     print(f"  {'model':<11} {'numpy (baseline)':>17} {'native unfused':>15} {'native':>9} {'speed-up':>9}")
     for name in names:
-        ms = {}
-        for label, b, fuse in (("numpy", "numpy", True), ("unfused", "native", False), ("native", "native", True)):
-            with backend.use(b):
-                ms[label] = time_steps(step_fn(name, fuse), x, t, args.steps, args.warmup)
+        # The NumPy backend is timed on its own: NumPy's matrix products run on NumPy's own
+        # OpenBLAS threads, which keep spinning after each call and would slow whatever runs
+        # next on the same cores, so interleaving it with the native steps measures that
+        # interference rather than either backend.
+        with backend.use("numpy"):
+            ms = time_interleaved({"numpy": ("numpy", step_fn(name))}, x, t, args.steps, args.warmup)
+        with backend.use("native"):
+            native = {"unfused": ("native", step_fn(name, False)), "native": ("native", step_fn(name, True))}
+        ms.update(time_interleaved(native, x, t, args.steps, args.warmup))
         print(f"  {name:<11} {ms['numpy']:>17.1f} {ms['unfused']:>15.1f} {ms['native']:>9.1f} "
               f"{ms['numpy'] / ms['native']:>8.2f}x")
 
