@@ -47,6 +47,23 @@ void col_shape(const Checker& c, const py::array& col, const ConvGeometry& g) {
     c.shape(col, "col", {rows, cols});
 }
 
+// The geometry of im2col / col2im from the image-shaped array (x, or dx) and the window,
+// with col's shape checked against it.
+ConvGeometry col_geometry(const Checker& c, const Arr& image, const char* image_name, const Arr& col, py::handle FH,
+                          py::handle FW, py::handle stride, py::handle pad) {
+    c.ndim(image.a, image_name, 4);
+    ConvGeometry g{};
+    g.N = image.dim(0);
+    g.C = image.dim(1);
+    g.H = image.dim(2);
+    g.W = image.dim(3);
+    g.FH = c.positive_int(FH, "FH");
+    g.FW = c.positive_int(FW, "FW");
+    geometry(c, g, stride, pad, image_name);
+    col_shape(c, col.a, g);
+    return g;
+}
+
 // x (N,C,H,W) and W (FN,C,FH,FW), like reference.conv._conv_args plus the non-empty filter check.
 ConvGeometry conv_args(const Checker& c, const Arr& x, const Arr& W) {
     c.ndim(x.a, "x", 4);
@@ -135,16 +152,7 @@ void bind_conv(py::module_& m) {
             Checker c{"im2col"};
             Arr x = input(c, x_, "x", std::nullopt, nullptr);
             Arr col = output(c, col_, "col", x.dtype, "x");
-            c.ndim(x.a, "x", 4);
-            ConvGeometry g{};
-            g.N = x.dim(0);
-            g.C = x.dim(1);
-            g.H = x.dim(2);
-            g.W = x.dim(3);
-            g.FH = c.positive_int(FH, "FH");
-            g.FW = c.positive_int(FW, "FW");
-            geometry(c, g, stride, pad, "x");
-            col_shape(c, col.a, g);
+            const ConvGeometry g = col_geometry(c, x, "x", col, FH, FW, stride, pad);
             c.outputs_distinct({{&col.a, "col"}}, {{&x.a, "x"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
@@ -161,16 +169,7 @@ void bind_conv(py::module_& m) {
             Checker c{"col2im"};
             Arr col = input(c, col_, "col", std::nullopt, nullptr);
             Arr dx = output(c, dx_, "dx", col.dtype, "col");
-            c.ndim(dx.a, "dx", 4);
-            ConvGeometry g{};
-            g.N = dx.dim(0);
-            g.C = dx.dim(1);
-            g.H = dx.dim(2);
-            g.W = dx.dim(3);
-            g.FH = c.positive_int(FH, "FH");
-            g.FW = c.positive_int(FW, "FW");
-            geometry(c, g, stride, pad, "dx");
-            col_shape(c, col.a, g);
+            const ConvGeometry g = col_geometry(c, dx, "dx", col, FH, FW, stride, pad);
             c.outputs_distinct({{&dx.a, "dx"}}, {{&col.a, "col"}});
             dispatch(col.dtype, [&](auto t) {
                 using T = decltype(t);

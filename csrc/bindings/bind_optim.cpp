@@ -58,6 +58,33 @@ Arr state_arg(const Checker& c, py::handle obj, const char* name, const Arr& par
     return s;
 }
 
+// Momentum and Nesterov share their arguments: one velocity state and a momentum in [0, 1).
+template <class F32, class F64>
+void def_velocity_update(py::module_& m, const char* name, F32 f32, F64 f64, const char* doc) {
+    m.def(
+        name,
+        [name, f32, f64](py::object param_, py::object grad_, py::object v_, py::object lr_, py::object momentum_,
+                         py::object wd_, py::object l1_) {
+            Checker c{name};
+            Arr param = param_arg(c, param_);
+            Arr grad = grad_arg(c, grad_, param);
+            Arr v = state_arg(c, v_, "v", param);
+            c.distinct({{&param.a, "param"}, {&grad.a, "grad"}, {&v.a, "v"}});
+            const double lr = at_least_zero(c, lr_, "lr");
+            const double momentum = fraction(c, momentum_, "momentum");
+            const double wd = at_least_zero(c, wd_, "weight_decay"), l1 = at_least_zero(c, l1_, "l1");
+            if (param.dtype == DType::f32) {
+                py::gil_scoped_release nogil;
+                f32(param.ptr<float>(), grad.ptr<float>(), v.ptr<float>(), param.size(), lr, momentum, wd, l1);
+            } else {
+                py::gil_scoped_release nogil;
+                f64(param.ptr<double>(), grad.ptr<double>(), v.ptr<double>(), param.size(), lr, momentum, wd, l1);
+            }
+        },
+        py::arg("param"), py::arg("grad"), py::arg("v"), py::arg("lr"), py::arg("momentum"),
+        py::arg("weight_decay"), py::arg("l1"), doc);
+}
+
 }  // namespace
 
 void bind_optim(py::module_& m) {
@@ -79,48 +106,11 @@ void bind_optim(py::module_& m) {
         py::arg("param"), py::arg("grad"), py::arg("lr"), py::arg("weight_decay"), py::arg("l1"),
         "param -= lr*g, g = grad + weight_decay*param + l1*sign(param); param in place");
 
-    m.def(
-        "momentum_update",
-        [](py::object param_, py::object grad_, py::object v_, py::object lr_, py::object momentum_,
-           py::object wd_, py::object l1_) {
-            Checker c{"momentum_update"};
-            Arr param = param_arg(c, param_);
-            Arr grad = grad_arg(c, grad_, param);
-            Arr v = state_arg(c, v_, "v", param);
-            c.distinct({{&param.a, "param"}, {&grad.a, "grad"}, {&v.a, "v"}});
-            const double lr = at_least_zero(c, lr_, "lr");
-            const double momentum = fraction(c, momentum_, "momentum");
-            const double wd = at_least_zero(c, wd_, "weight_decay"), l1 = at_least_zero(c, l1_, "l1");
-            dispatch(param.dtype, [&](auto t) {
-                using T = decltype(t);
-                py::gil_scoped_release nogil;
-                momentum_update<T>(param.ptr<T>(), grad.ptr<T>(), v.ptr<T>(), param.size(), lr, momentum, wd, l1);
-            });
-        },
-        py::arg("param"), py::arg("grad"), py::arg("v"), py::arg("lr"), py::arg("momentum"),
-        py::arg("weight_decay"), py::arg("l1"), "v = momentum*v - lr*g; param += v (param, v in place)");
-
-    m.def(
-        "nesterov_update",
-        [](py::object param_, py::object grad_, py::object v_, py::object lr_, py::object momentum_,
-           py::object wd_, py::object l1_) {
-            Checker c{"nesterov_update"};
-            Arr param = param_arg(c, param_);
-            Arr grad = grad_arg(c, grad_, param);
-            Arr v = state_arg(c, v_, "v", param);
-            c.distinct({{&param.a, "param"}, {&grad.a, "grad"}, {&v.a, "v"}});
-            const double lr = at_least_zero(c, lr_, "lr");
-            const double momentum = fraction(c, momentum_, "momentum");
-            const double wd = at_least_zero(c, wd_, "weight_decay"), l1 = at_least_zero(c, l1_, "l1");
-            dispatch(param.dtype, [&](auto t) {
-                using T = decltype(t);
-                py::gil_scoped_release nogil;
-                nesterov_update<T>(param.ptr<T>(), grad.ptr<T>(), v.ptr<T>(), param.size(), lr, momentum, wd, l1);
-            });
-        },
-        py::arg("param"), py::arg("grad"), py::arg("v"), py::arg("lr"), py::arg("momentum"),
-        py::arg("weight_decay"), py::arg("l1"),
-        "v_prev = v; v = momentum*v - lr*g; param += -momentum*v_prev + (1+momentum)*v (param, v in place)");
+    def_velocity_update(m, "momentum_update", momentum_update<float>, momentum_update<double>,
+                        "v = momentum*v - lr*g; param += v (param, v in place)");
+    def_velocity_update(m, "nesterov_update", nesterov_update<float>, nesterov_update<double>,
+                        "v_prev = v; v = momentum*v - lr*g; param += -momentum*v_prev + (1+momentum)*v "
+                        "(param, v in place)");
 
     m.def(
         "adagrad_update",
