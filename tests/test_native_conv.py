@@ -620,10 +620,16 @@ def test_concurrent_calls_from_python_threads():
     assert not any(t.is_alive() for t in threads), "deadlock"
     assert len(differs) == 20 and not any(differs)
     assert len(gemm_outs) == 30
-    for o in gemm_outs:
-        assert np.array_equal(o, gemm_want), "GEMM beside convolutions"
-    # OpenBLAS stays single-threaded throughout: the pool that owns the cores is ours.
-    assert fastlayers.build_info()["blas_threads"] == 1
+    if fastlayers.build_info()["openmp"]:
+        # OpenBLAS stays single-threaded and GEMMs are tiled by shape: every bit repeats.
+        assert fastlayers.build_info()["blas_threads"] == 1
+        for o in gemm_outs:
+            assert np.array_equal(o, gemm_want), "GEMM beside convolutions"
+    else:
+        # OpenBLAS's own threads may run a call single-threaded while busy: other rounding.
+        mag = np.abs(a).astype(F64) @ np.abs(B)
+        for o in gemm_outs:
+            assert_close_reduction(o, gemm_want, mag, 500, np.float32, "GEMM beside convolutions")
 
 
 # --- the fused oracle's gradient -----------------------------------------------------------
