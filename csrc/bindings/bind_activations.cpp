@@ -231,7 +231,7 @@ void bind_activations(py::module_& m) {
             Arr dalpha = output(c, dalpha_, "dalpha", u.x.dtype, "x");
             c.same_shape(dalpha.a, "dalpha", v.alpha.a, "alpha");
             c.outputs_distinct({{&u.dx.a, "dx"}, {&dalpha.a, "dalpha"}},
-                     {{&u.dout.a, "dout"}, {&u.x.a, "x"}, {&v.alpha.a, "alpha"}});
+                               {{&u.dout.a, "dout"}, {&u.x.a, "x"}, {&v.alpha.a, "alpha"}});
             dispatch(u.x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -442,7 +442,7 @@ void bind_activations(py::module_& m) {
             c.same_shape(dwidths.a, "dwidths", s.widths.a, "widths");
             c.outputs_distinct({{&dcenters.a, "dcenters"}, {&dwidths.a, "dwidths"}, {dx ? &dx->a : nullptr, "dx"}},
                                {{&dout.a, "dout"}, {&x.a, "x"}, {&s.centers.a, "centers"}, {&s.widths.a, "widths"},
-                                {&out.a, "out"}});
+                               {&out.a, "out"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;

@@ -78,10 +78,9 @@ void forward_train(const char* kernel, py::object out_, py::object mean_, py::ob
     if (L.m() == 0)
         c.value_error("argument 'x' has no elements per feature (shape " + shape_str(x.a) +
                       "); batch statistics need m >= 1");
-    c.outputs_distinct(
-                     {{&out.a, "out"}, {&mean.a, "mean"}, {&invstd.a, "invstd"}, {&rmean.a, "running_mean"},
-                      {&rvar.a, "running_var"}},
-                     {{&x.a, "x"}, {&gamma.a, "gamma"}, {&beta.a, "beta"}});
+    c.outputs_distinct({{&out.a, "out"}, {&mean.a, "mean"}, {&invstd.a, "invstd"}, {&rmean.a, "running_mean"},
+                        {&rvar.a, "running_var"}},
+                       {{&x.a, "x"}, {&gamma.a, "gamma"}, {&beta.a, "beta"}});
     dispatch(x.dtype, [&](auto t) {
         using T = decltype(t);
         py::gil_scoped_release nogil;
@@ -108,8 +107,8 @@ void forward_eval(const char* kernel, py::object out_, py::object x_, py::object
     c.same_shape(out.a, "out", x.a, "x");
     const double eps = bn_eps(c, eps_);
     c.outputs_distinct({{&out.a, "out"}},
-                     {{&x.a, "x"}, {&gamma.a, "gamma"}, {&beta.a, "beta"}, {&rmean.a, "running_mean"},
-                      {&rvar.a, "running_var"}});
+                       {{&x.a, "x"}, {&gamma.a, "gamma"}, {&beta.a, "beta"}, {&rmean.a, "running_mean"},
+                       {&rvar.a, "running_var"}});
     dispatch(x.dtype, [&](auto t) {
         using T = decltype(t);
         py::gil_scoped_release nogil;
@@ -142,8 +141,8 @@ void backward(const char* kernel, py::object dx_, py::object dgamma_, py::object
                            Named{&dgamma.a, "dgamma"}, Named{&dbeta.a, "dbeta"}})
         c.shape(*a, name, {L.F});
     c.outputs_distinct({{dx ? &dx->a : nullptr, "dx"}, {&dgamma.a, "dgamma"}, {&dbeta.a, "dbeta"}},
-                     {{&dout.a, "dout"}, {&x.a, "x"}, {&gamma.a, "gamma"}, {&mean.a, "mean"},
-                      {&invstd.a, "invstd"}, {out ? &out->a : nullptr, "out"}});
+                       {{&dout.a, "dout"}, {&x.a, "x"}, {&gamma.a, "gamma"}, {&mean.a, "mean"},
+                       {&invstd.a, "invstd"}, {out ? &out->a : nullptr, "out"}});
     dispatch(x.dtype, [&](auto t) {
         using T = decltype(t);
         py::gil_scoped_release nogil;

@@ -90,7 +90,7 @@ def _train_args(c: Checker, out, mean, invstd, running_mean, running_var, x, gam
     if m == 0:
         c.value_error(f"argument 'x' has no elements per feature (shape {x.shape}); batch statistics need m >= 1")
     c.outputs_distinct(dict(out=out, mean=mean, invstd=invstd, running_mean=running_mean, running_var=running_var),
-              dict(x=x, gamma=gamma, beta=beta))
+                       dict(x=x, gamma=gamma, beta=beta))
     return out, mean, invstd, running_mean, running_var, x, gamma, beta, momentum, eps, axes, bshape, m
 
 
@@ -162,7 +162,7 @@ def _backward_args(c: Checker, dx, dgamma, dbeta, dout, x, gamma, mean, invstd, 
     for a, name in ((gamma, "gamma"), (mean, "mean"), (invstd, "invstd"), (dgamma, "dgamma"), (dbeta, "dbeta")):
         c.shape(a, name, (F,))
     c.outputs_distinct(dict(dx=dx, dgamma=dgamma, dbeta=dbeta),
-              dict(dout=dout, x=x, gamma=gamma, mean=mean, invstd=invstd, out=out))
+                       dict(dout=dout, x=x, gamma=gamma, mean=mean, invstd=invstd, out=out))
     return dx, dgamma, dbeta, dout, x, gamma, mean, invstd, out, axes, bshape, m
 
 
