@@ -263,7 +263,23 @@ def _flatten_features(layer: Layer, x: np.ndarray, features: int) -> np.ndarray:
     return x.reshape(x.shape[0], d)
 
 
-class _WeightBias(Layer):
+class _FusesReLU(Layer):
+    """A layer whose kernel can apply the ReLU that follows it: ``_forward(x, train, relu)``
+    serves both ``forward`` and ``forward_relu``, and backward follows what forward did."""
+
+    fuses_relu = True
+
+    def _forward(self, x, train, relu: bool):
+        raise NotImplementedError
+
+    def forward(self, x, train=None):
+        return self._forward(x, train, relu=False)
+
+    def forward_relu(self, x, train=None):
+        return self._forward(x, train, relu=True)
+
+
+class _WeightBias(_FusesReLU):
     """A weight ``W`` (decayed by default) and an optional bias ``b`` of one entry per output."""
 
     def _weights(self, W: np.ndarray, outputs: int) -> None:
@@ -297,15 +313,7 @@ class Affine(_WeightBias):
         self._cache = None
 
 
-    fuses_relu = True
-
-    def forward(self, x, train=None):
-        return self._forward(x, relu=False)
-
-    def forward_relu(self, x, train=None):
-        return self._forward(x, relu=True)
-
-    def _forward(self, x, relu: bool):
+    def _forward(self, x, train, relu: bool):
         x = self._input(x)
         x2 = _flatten_features(self, x, self.in_features)
         out = np.empty((x2.shape[0], self.out_features), self.dtype)
@@ -383,15 +391,7 @@ class Conv2d(_WeightBias):
         (FH, FW), s, p = self.kernel_size, self.stride, self.padding
         return self.out_channels, _out_size(H, FH, s, p), _out_size(W, FW, s, p)
 
-    fuses_relu = True
-
-    def forward(self, x, train=None):
-        return self._forward(x, relu=False)
-
-    def forward_relu(self, x, train=None):
-        return self._forward(x, relu=True)
-
-    def _forward(self, x, relu: bool):
+    def _forward(self, x, train, relu: bool):
         x = self._input(x)
         _check_images(self, x)
         N, C, H, W = x.shape
@@ -551,7 +551,7 @@ class Flatten(Layer):
 # ----------------------------------------------------------------------------------------
 
 
-class BatchNorm(Layer):
+class BatchNorm(_FusesReLU):
     """Batch normalisation per feature of (N, D) or per channel of (N, C, H, W) input.
 
     Training normalises with the batch statistics and moves the running statistics
@@ -579,14 +579,6 @@ class BatchNorm(Layer):
 
     def _own_buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}
-
-    fuses_relu = True
-
-    def forward(self, x, train=None):
-        return self._forward(x, train, relu=False)
-
-    def forward_relu(self, x, train=None):
-        return self._forward(x, train, relu=True)
 
     def _forward(self, x, train, relu: bool):
         x = self._input(x)
