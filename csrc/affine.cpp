@@ -1,6 +1,7 @@
 // Affine (fully connected) layer, the textbook's x @ W + b with W stored (D, M).
 #include "blas.h"
 #include "kernels.h"
+#include "vecmath.h"
 
 #include <vector>
 
@@ -55,9 +56,7 @@ void affine_relu_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const 
                           i64 M) {
     std::vector<T> dz(static_cast<size_t>(checked_mul(N, M)));
     T* g = dz.data();
-    parallel_chunks(N * M, [&](i64 i0, i64 i1) {
-        for (i64 i = i0; i < i1; ++i) g[i] = out[i] > T(0) ? dout[i] : T(0);
-    }, 1 << 15);
+    parallel_chunks(N * M, [&](i64 i0, i64 i1) { vm::relu_mask(g + i0, out + i0, dout + i0, i1 - i0); }, 1 << 15);
     affine_backward(dx, dW, db, g, x, W, N, D, M);
 }
 

@@ -36,6 +36,7 @@
 
 #include "blas.h"
 #include "conv.h"
+#include "vecmath.h"
 
 namespace fl {
 
@@ -354,22 +355,12 @@ void backward_image(T* dxn, T* dW, double* db_acc, const T* doutn, const T* xn, 
         const T* gt = doutn + p0;  // (FN, t) with leading dimension ldg
         i64 ldg = P;
         if (Relu) {
-            for (i64 f = 0; f < FN; ++f) {
-                const T* d = doutn + f * P + p0;
-                const T* o = outn + f * P + p0;
-                T* r = gbuf + f * t;
-                for (i64 q = 0; q < t; ++q) r[q] = o[q] > T(0) ? d[q] : T(0);
-            }
+            for (i64 f = 0; f < FN; ++f) vm::relu_mask(gbuf + f * t, outn + f * P + p0, doutn + f * P + p0, t);
             gt = gbuf;
             ldg = t;
         }
         // (2)
-        for (i64 f = 0; f < FN; ++f) {
-            const T* r = gt + f * ldg;
-            double acc = 0.0;
-            for (i64 q = 0; q < t; ++q) acc += static_cast<double>(r[q]);
-            db_acc[f] += acc;
-        }
+        for (i64 f = 0; f < FN; ++f) db_acc[f] += vm::sum_lanes(gt + f * ldg, t);
         if (K == 0) continue;
         const T* ct = xn + p0;  // (K, t) with leading dimension ldc
         i64 ldc = P;

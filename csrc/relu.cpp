@@ -1,5 +1,6 @@
 // ReLU over any shape, flattened to n elements.
 #include "kernels.h"
+#include "vecmath.h"
 
 namespace fl {
 
@@ -16,7 +17,7 @@ void relu_forward(T* out, const T* x, i64 n) {
 template <class T>
 void relu_backward(T* dx, const T* dout, const T* x, i64 n) {
     parallel_chunks(n, [&](i64 i0, i64 i1) {
-        for (i64 i = i0; i < i1; ++i) dx[i] = x[i] > T(0) ? dout[i] : T(0);
+        vm::relu_mask(dx + i0, x + i0, dout + i0, i1 - i0);
     }, 1 << 15);
 }
 
