@@ -71,6 +71,17 @@ def test_train_rejects_a_missing_directory():
         cli.main(["train", "--data", "/nonexistent/place", "--quiet"])
 
 
+def test_train_batchnorm_builds_the_batchnorm_variant(tmp_path, capsys):
+    path = tmp_path / "bn.safetensors"
+    args = ["train", "--model", "mlp", "--batchnorm", "--epochs", "1", "--limit", "200", "--json", "--quiet"]
+    assert cli.main(args + ["--save", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["batchnorm"] is True
+    model = fastlayers.load(path)
+    assert any(isinstance(layer, fastlayers.layers.BatchNorm) for layer in model)
+    assert cli.main(["train", "--model", "simple-cnn", "--batchnorm", "--quiet"]) == 2
+    assert "--batchnorm" in capsys.readouterr().err
+
+
 def test_gradcheck_command_passes_for_a_model(capsys):
     assert cli.main(["gradcheck", "--model", "mlp", "--max-entries", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

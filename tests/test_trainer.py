@@ -44,6 +44,13 @@ def test_each_epoch_visits_every_sample_once_with_a_partial_last_batch():
     assert not np.array_equal(epochs[0], np.arange(250))
 
 
+def test_shuffle_false_keeps_the_given_order():
+    trainer, rec, x, t = make(n=250)
+    trainer.fit(x, t, epochs=2, batch_size=100, shuffle=False)
+    assert [len(b) for b in rec.batches] == [100, 100, 50] * 2
+    assert np.array_equal(np.concatenate(rec.batches), np.tile(np.arange(250), 2))
+
+
 def test_same_seed_same_run_different_seed_different_order():
     a, rec_a, x, t = make(seed=5)
     b, rec_b, _, _ = make(seed=5)

@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and report its test accuracy")
     t.add_argument("--model", choices=sorted(MODELS), default="simple-cnn")
     t.add_argument(
+        "--batchnorm", action="store_true", help="deep-cnn and mlp: BatchNorm after every convolution and hidden affine"
+    )
+    t.add_argument(
         "--data",
         default="bundled",
         help="bundled (10,000 Fashion-MNIST images inside the package, split 8,000/2,000), "
@@ -94,6 +97,11 @@ def _train(args) -> int:
         x_train, t_train = x_train[: args.limit], t_train[: args.limit]
     shape = x_train.shape[1:]
     size = {"input_size": int(np.prod(shape))} if args.model == "mlp" else {"input_shape": shape}
+    if args.batchnorm:
+        if args.model == "simple-cnn":
+            print("fastlayers: --batchnorm applies to deep-cnn and mlp, not simple-cnn", file=sys.stderr)
+            return 2
+        size["batchnorm"] = True
     model = get_model(args.model, seed=args.seed, **size)
     kwargs = {"weight_decay": args.weight_decay} if args.lr is None else {"lr": args.lr, "weight_decay": args.weight_decay}
     opt = optim.get(args.optimizer, model.parameters(), **kwargs)
@@ -118,6 +126,7 @@ def _train(args) -> int:
     test = trainer.evaluate(x_test, t_test)
     result = {
         "model": args.model,
+        "batchnorm": bool(args.batchnorm),
         "data": args.data,
         "backend": backend.get_backend(),
         "threads": backend.get_num_threads(),

@@ -74,12 +74,14 @@ class Trainer:
         patience: int | None = None,
         restore_best: bool = True,
         monitor: str = "val_loss",
+        shuffle: bool = True,
     ) -> list[dict]:
         """Trains for ``epochs`` passes over ``(x, t)``; returns ``history``.
 
         Each epoch visits every sample exactly once in a fresh random order (the textbook
         samples batches with replacement instead); the last batch holds the remainder when
-        ``batch_size`` does not divide the sample count. ``validation_split`` holds out that
+        ``batch_size`` does not divide the sample count; ``shuffle=False`` keeps the given
+        order instead (for comparisons that must feed identical batches). ``validation_split`` holds out that
         fraction of ``(x, t)`` (chosen at random, once) as validation data.
 
         Early stopping: with ``patience`` set, training stops once that many consecutive
@@ -119,7 +121,7 @@ class Trainer:
         first_epoch = len(self.history) + 1
 
         for epoch in range(first_epoch, first_epoch + epochs):
-            record = self._train_epoch(x, t, batch_size, epoch, first_epoch + epochs - 1)
+            record = self._train_epoch(x, t, batch_size, epoch, first_epoch + epochs - 1, shuffle)
             if validation is not None:
                 val = self.evaluate(*validation, batch_size=max(batch_size, 256))
                 record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
@@ -141,9 +143,9 @@ class Trainer:
             self.model.load_state_dict(best_state)
         return self.history
 
-    def _train_epoch(self, x, t, batch_size, epoch, last_epoch) -> dict:
+    def _train_epoch(self, x, t, batch_size, epoch, last_epoch, shuffle=True) -> dict:
         n = len(x)
-        order = self._shuffle_rng.permutation(n)
+        order = self._shuffle_rng.permutation(n) if shuffle else np.arange(n)
         steps = -(-n // batch_size)
         bar = self._progress(steps, f"epoch {epoch}/{last_epoch}")
         total_loss, correct, seen = 0.0, 0, 0
