@@ -1,6 +1,7 @@
 // Adam (Kingma & Ba 2015) with bias correction, over a flat parameter buffer.
 #include <cmath>
 
+#include "isa_dispatch.h"
 #include "optim.h"
 
 namespace fl {
@@ -16,29 +17,67 @@ namespace fl {
 // multiplies by the reciprocals (rounded to T once) where the oracle divides: each hat
 // differs by at most an ulp or so, and the loop runs 1.5-2x faster with two divisions
 // fewer per element (divisions, not memory, bound this loop).
+namespace {
+
+template <class T>
+struct AdamCoefficients {
+    T lr, eps, b1, b2, one_minus_b1, one_minus_b2, inv_c1, inv_c2;
+};
+
+template <class T, class Pen>
+FL_ALWAYS_INLINE void adam_range(T* param, const T* grad, T* m, T* v, i64 i0, i64 i1, const AdamCoefficients<T>& k,
+                                 Pen pen) {
+    FL_OMP_SIMD
+    for (i64 i = i0; i < i1; ++i) {
+        const T g = pen(grad[i], param[i]);
+        const T mi = m[i] * k.b1 + k.one_minus_b1 * g;
+        const T vi = v[i] * k.b2 + k.one_minus_b2 * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        const T m_hat = mi * k.inv_c1, v_hat = vi * k.inv_c2;
+        param[i] -= k.lr * m_hat / (std::sqrt(v_hat) + k.eps);
+    }
+}
+
+// The loop is bound by the division and the square root, whose throughput per instruction
+// is about the same at any vector width: 16 lanes do 4x the work of the baseline's 4.
+// This file is compiled without FMA contraction, and division and square root are correctly
+// rounded, so both builds give the same bits.
+#ifdef FL_AVX512_DISPATCH
+template <class T, class Pen>
+FL_TARGET_AVX512 void adam_range_avx512(T* param, const T* grad, T* m, T* v, i64 i0, i64 i1,
+                                        const AdamCoefficients<T>& k, Pen pen) {
+    adam_range(param, grad, m, v, i0, i1, k, pen);
+}
+#endif
+
+template <class T, class Pen>
+void adam_range_base(T* param, const T* grad, T* m, T* v, i64 i0, i64 i1, const AdamCoefficients<T>& k, Pen pen) {
+    adam_range(param, grad, m, v, i0, i1, k, pen);
+}
+
+}  // namespace
+
 template <class T>
 void adam_update(T* param, const T* grad, T* m, T* v, i64 n, double lr, double beta1, double beta2, double eps,
                  i64 step, double weight_decay, double l1) {
     // param (n), grad (n), m (n), v (n)
-    const T lr_t = static_cast<T>(lr), eps_t = static_cast<T>(eps);
-    const T b1 = static_cast<T>(beta1), b2 = static_cast<T>(beta2);
-    const T one_minus_b1 = static_cast<T>(1.0 - beta1), one_minus_b2 = static_cast<T>(1.0 - beta2);
     const double s = static_cast<double>(step);
-    const T inv_c1 = static_cast<T>(1.0 / (1.0 - std::pow(beta1, s)));
-    const T inv_c2 = static_cast<T>(1.0 / (1.0 - std::pow(beta2, s)));
+    const AdamCoefficients<T> k{static_cast<T>(lr),
+                                static_cast<T>(eps),
+                                static_cast<T>(beta1),
+                                static_cast<T>(beta2),
+                                static_cast<T>(1.0 - beta1),
+                                static_cast<T>(1.0 - beta2),
+                                static_cast<T>(1.0 / (1.0 - std::pow(beta1, s))),
+                                static_cast<T>(1.0 / (1.0 - std::pow(beta2, s)))};
     optim_detail::with_penalty<T>(weight_decay, l1, [&](auto pen) {
-        parallel_chunks(n, [&](i64 i0, i64 i1) {
-            FL_OMP_SIMD
-            for (i64 i = i0; i < i1; ++i) {
-                const T g = pen(grad[i], param[i]);
-                const T mi = m[i] * b1 + one_minus_b1 * g;
-                const T vi = v[i] * b2 + one_minus_b2 * g * g;
-                m[i] = mi;
-                v[i] = vi;
-                const T m_hat = mi * inv_c1, v_hat = vi * inv_c2;
-                param[i] -= lr_t * m_hat / (std::sqrt(v_hat) + eps_t);
-            }
-        }, optim_detail::kMinPerThread);
+        auto range = adam_range_base<T, decltype(pen)>;
+#ifdef FL_AVX512_DISPATCH
+        if (cpu_has_avx512()) range = adam_range_avx512<T, decltype(pen)>;
+#endif
+        parallel_chunks(n, [&](i64 i0, i64 i1) { range(param, grad, m, v, i0, i1, k, pen); },
+                        optim_detail::kMinPerThread);
     });
 }
 

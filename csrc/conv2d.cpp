@@ -32,10 +32,16 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "blas.h"
 #include "conv.h"
+#include "isa_dispatch.h"
+
+#ifdef FL_AVX512_DISPATCH
+#include <immintrin.h>
+#endif
 #include "vecmath.h"
 
 namespace fl {
@@ -168,55 +174,119 @@ void pad_rows(T* buf, const T* plane, const ConvGeometry& g, i64 r0, i64 R) {
     }
 }
 
+#ifdef FL_AVX512_DISPATCH
+// d[0..n) = s[0..n) and d[0..n) += s[0..n) in 64-byte steps, the last one masked.
+template <class T>
+FL_TARGET_AVX512 inline void row_copy_avx512(T* d, const T* s, i64 n) {
+    constexpr i64 L = 64 / sizeof(T);
+    for (i64 k = 0; k < n; k += L) {
+        const i64 m = std::min(L, n - k);
+        if constexpr (std::is_same_v<T, float>) {
+            const __mmask16 mask = static_cast<__mmask16>((1u << m) - 1u);
+            _mm512_mask_storeu_ps(d + k, mask, _mm512_maskz_loadu_ps(mask, s + k));
+        } else {
+            const __mmask8 mask = static_cast<__mmask8>((1u << m) - 1u);
+            _mm512_mask_storeu_pd(d + k, mask, _mm512_maskz_loadu_pd(mask, s + k));
+        }
+    }
+}
+
+template <class T>
+FL_TARGET_AVX512 inline void row_add_avx512(T* d, const T* s, i64 n) {
+    constexpr i64 L = 64 / sizeof(T);
+    for (i64 k = 0; k < n; k += L) {
+        const i64 m = std::min(L, n - k);
+        if constexpr (std::is_same_v<T, float>) {
+            const __mmask16 mask = static_cast<__mmask16>((1u << m) - 1u);
+            const __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d + k), _mm512_maskz_loadu_ps(mask, s + k));
+            _mm512_mask_storeu_ps(d + k, mask, sum);
+        } else {
+            const __mmask8 mask = static_cast<__mmask8>((1u << m) - 1u);
+            const __m512d sum = _mm512_add_pd(_mm512_maskz_loadu_pd(mask, d + k), _mm512_maskz_loadu_pd(mask, s + k));
+            _mm512_mask_storeu_pd(d + k, mask, sum);
+        }
+    }
+}
+#endif
+
 // col (K, t) = columns [p0, p0 + t) of image xn's (C, H, W) col_n, for the input channels
 // [c0, c1) (col rows c0*FH*FW .. c1*FH*FW). One task per channel, parallel unless already
 // inside a parallel region. A tile of whole output rows first copies the input rows it reads
 // into a padded buffer, so each col row is plain (strided) copies without bounds tests.
-template <class T>
-void im2col_tile(T* col, const T* xn, const ConvGeometry& g, i64 p0, i64 t, i64 c0, i64 c1) {
+//
+// im2col_channel is one channel c of it. Pure copies, so the AVX-512 build gives the same
+// bits as the baseline; the row copies are most of the time im2col takes, and a row (OW = 8
+// to 28 at the networks' shapes) is one or two masked 64-byte moves there instead of a
+// vector loop with a scalar tail.
+template <class T, bool Wide>
+FL_ALWAYS_INLINE void im2col_channel(T* col, const T* xn, const ConvGeometry& g, i64 p0, i64 t, i64 c, i64 R) {
     const i64 FH = g.FH, FW = g.FW, OW = g.OW, s = g.stride, HW = g.H * g.W, Wp = g.W + 2 * g.pad;
-    const i64 R = padded_rows(g, p0, t, sizeof(T));
-    parallel_for(c1 - c0, [&](i64 task) {
-        const i64 c = c0 + task;
-        const T* plane = xn + c * HW;  // (H, W)
-        if (R > 0) {
-            Scratch<T, 1> scratch(R * Wp);
-            T* buf = scratch.get();  // (R, Wp)
-            pad_rows(buf, plane, g, p0 / OW * s, R);
-            const i64 rows = t / OW;
-            for (i64 i = 0; i < FH; ++i) {
-                for (i64 j = 0; j < FW; ++j) {
-                    T* dst = col + ((c * FH + i) * FW + j) * t;  // (rows, OW)
-                    for (i64 r = 0; r < rows; ++r) {
-                        const T* src = buf + (r * s + i) * Wp + j;
-                        T* d = dst + r * OW;
-                        if (s == 1) {
-                            for (i64 k = 0; k < OW; ++k) d[k] = src[k];
-                        } else {
-                            for (i64 k = 0; k < OW; ++k) d[k] = src[k * s];
+    const T* plane = xn + c * HW;  // (H, W)
+    if (R > 0) {
+        Scratch<T, 1> scratch(R * Wp);
+        T* buf = scratch.get();  // (R, Wp)
+        pad_rows(buf, plane, g, p0 / OW * s, R);
+        const i64 rows = t / OW;
+        for (i64 i = 0; i < FH; ++i) {
+            for (i64 j = 0; j < FW; ++j) {
+                T* dst = col + ((c * FH + i) * FW + j) * t;  // (rows, OW)
+                for (i64 r = 0; r < rows; ++r) {
+                    const T* src = buf + (r * s + i) * Wp + j;
+                    T* d = dst + r * OW;
+                    if (s == 1) {
+#ifdef FL_AVX512_DISPATCH
+                        if constexpr (Wide) {
+                            row_copy_avx512(d, src, OW);
+                            continue;
                         }
+#endif
+                        for (i64 k = 0; k < OW; ++k) d[k] = src[k];
+                    } else {
+                        for (i64 k = 0; k < OW; ++k) d[k] = src[k * s];
                     }
                 }
             }
-            return;
         }
-        for (i64 i = 0; i < FH; ++i) {
-            for (i64 j = 0; j < FW; ++j) {
-                T* dst = col + ((c * FH + i) * FW + j) * t;  // (t,)
-                for_each_run(g, i, j, p0, t, [&](i64 q, i64 n, i64 row, i64 ow0, i64 off, i64 lo, i64 hi) {
-                    T* d = dst + q;
-                    if (row < 0) {
-                        for (i64 k = 0; k < n; ++k) d[k] = T(0);
-                        return;
-                    }
-                    const T* r = plane + row;  // r[(ow0 + k)*s + off] is in range for k in [lo, hi)
-                    for (i64 k = 0; k < lo; ++k) d[k] = T(0);
-                    for (i64 k = lo; k < hi; ++k) d[k] = r[(ow0 + k) * s + off];
-                    for (i64 k = hi; k < n; ++k) d[k] = T(0);
-                });
-            }
+        return;
+    }
+    for (i64 i = 0; i < FH; ++i) {
+        for (i64 j = 0; j < FW; ++j) {
+            T* dst = col + ((c * FH + i) * FW + j) * t;  // (t,)
+            for_each_run(g, i, j, p0, t, [&](i64 q, i64 n, i64 row, i64 ow0, i64 off, i64 lo, i64 hi) {
+                T* d = dst + q;
+                if (row < 0) {
+                    for (i64 k = 0; k < n; ++k) d[k] = T(0);
+                    return;
+                }
+                const T* r = plane + row;  // r[(ow0 + k)*s + off] is in range for k in [lo, hi)
+                for (i64 k = 0; k < lo; ++k) d[k] = T(0);
+                for (i64 k = lo; k < hi; ++k) d[k] = r[(ow0 + k) * s + off];
+                for (i64 k = hi; k < n; ++k) d[k] = T(0);
+            });
         }
-    }, min_items(FH * FW * t));
+    }
+}
+
+#ifdef FL_AVX512_DISPATCH
+template <class T>
+FL_TARGET_AVX512 void im2col_channel_avx512(T* col, const T* xn, const ConvGeometry& g, i64 p0, i64 t, i64 c, i64 R) {
+    im2col_channel<T, true>(col, xn, g, p0, t, c, R);
+}
+#endif
+
+template <class T>
+void im2col_channel_base(T* col, const T* xn, const ConvGeometry& g, i64 p0, i64 t, i64 c, i64 R) {
+    im2col_channel<T, false>(col, xn, g, p0, t, c, R);
+}
+
+template <class T>
+void im2col_tile(T* col, const T* xn, const ConvGeometry& g, i64 p0, i64 t, i64 c0, i64 c1) {
+    const i64 R = padded_rows(g, p0, t, sizeof(T));
+    auto channel = im2col_channel_base<T>;
+#ifdef FL_AVX512_DISPATCH
+    if (cpu_has_avx512()) channel = im2col_channel_avx512<T>;
+#endif
+    parallel_for(c1 - c0, [&](i64 task) { channel(col, xn, g, p0, t, c0 + task, R); }, min_items(g.FH * g.FW * t));
 }
 
 // The adjoint of im2col_tile: planes [c0, c1) of dxn (C, H, W) += col (K, t) scattered back
@@ -224,55 +294,81 @@ void im2col_tile(T* col, const T* xn, const ConvGeometry& g, i64 p0, i64 t, i64 
 // channel, which owns its plane; the order in which a pixel sums its taps is fixed by the
 // shapes. Whole-row tiles accumulate into a zeroed padded buffer without bounds tests, then
 // add its interior to the plane.
-template <class T>
-void col2im_tile(T* dxn, const T* col, const ConvGeometry& g, i64 p0, i64 t, i64 c0, i64 c1) {
+// One channel c of col2im_tile. Each element is a sum of its taps in an order that does
+// not depend on the vector width, so the AVX-512 build gives the same bits as the baseline.
+template <class T, bool Wide>
+FL_ALWAYS_INLINE void col2im_channel(T* dxn, const T* col, const ConvGeometry& g, i64 p0, i64 t, i64 c, i64 R) {
     const i64 H = g.H, W = g.W, FH = g.FH, FW = g.FW, OW = g.OW, s = g.stride, pad = g.pad;
     const i64 HW = H * W, Wp = W + 2 * pad;
-    const i64 R = padded_rows(g, p0, t, sizeof(T));
-    parallel_for(c1 - c0, [&](i64 task) {
-        const i64 c = c0 + task;
-        T* plane = dxn + c * HW;  // (H, W)
-        if (p0 == 0) std::fill(plane, plane + HW, T(0));
-        if (R > 0) {
-            Scratch<T, 1> scratch(R * Wp);
-            T* buf = scratch.get();  // (R, Wp)
-            std::fill(buf, buf + R * Wp, T(0));
-            const i64 rows = t / OW, r0 = p0 / OW * s;
-            for (i64 i = 0; i < FH; ++i) {
-                for (i64 j = 0; j < FW; ++j) {
-                    const T* src = col + ((c * FH + i) * FW + j) * t;  // (rows, OW)
-                    for (i64 r = 0; r < rows; ++r) {
-                        T* b = buf + (r * s + i) * Wp + j;
-                        const T* sq = src + r * OW;
-                        if (s == 1) {
-                            for (i64 k = 0; k < OW; ++k) b[k] += sq[k];
-                        } else {
-                            for (i64 k = 0; k < OW; ++k) b[k * s] += sq[k];
+    T* plane = dxn + c * HW;  // (H, W)
+    if (p0 == 0) std::fill(plane, plane + HW, T(0));
+    if (R > 0) {
+        Scratch<T, 1> scratch(R * Wp);
+        T* buf = scratch.get();  // (R, Wp)
+        std::fill(buf, buf + R * Wp, T(0));
+        const i64 rows = t / OW, r0 = p0 / OW * s;
+        for (i64 i = 0; i < FH; ++i) {
+            for (i64 j = 0; j < FW; ++j) {
+                const T* src = col + ((c * FH + i) * FW + j) * t;  // (rows, OW)
+                for (i64 r = 0; r < rows; ++r) {
+                    T* b = buf + (r * s + i) * Wp + j;
+                    const T* sq = src + r * OW;
+                    if (s == 1) {
+#ifdef FL_AVX512_DISPATCH
+                        if constexpr (Wide) {
+                            row_add_avx512(b, sq, OW);
+                            continue;
                         }
+#endif
+                        for (i64 k = 0; k < OW; ++k) b[k] += sq[k];
+                    } else {
+                        for (i64 k = 0; k < OW; ++k) b[k * s] += sq[k];
                     }
                 }
             }
-            for (i64 r = 0; r < R; ++r) {
-                const i64 ih = r0 + r - pad;
-                if (ih < 0 || ih >= H) continue;
-                T* d = plane + ih * W;
-                const T* b = buf + r * Wp + pad;
-                for (i64 k = 0; k < W; ++k) d[k] += b[k];
-            }
-            return;
         }
-        for (i64 i = 0; i < FH; ++i) {
-            for (i64 j = 0; j < FW; ++j) {
-                const T* src = col + ((c * FH + i) * FW + j) * t;  // (t,)
-                for_each_run(g, i, j, p0, t, [&](i64 q, i64, i64 row, i64 ow0, i64 off, i64 lo, i64 hi) {
-                    if (row < 0) return;
-                    T* r = plane + row;
-                    const T* sq = src + q;
-                    for (i64 k = lo; k < hi; ++k) r[(ow0 + k) * s + off] += sq[k];
-                });
-            }
+        for (i64 r = 0; r < R; ++r) {
+            const i64 ih = r0 + r - pad;
+            if (ih < 0 || ih >= H) continue;
+            T* d = plane + ih * W;
+            const T* b = buf + r * Wp + pad;
+            for (i64 k = 0; k < W; ++k) d[k] += b[k];
         }
-    }, min_items(FH * FW * t));
+        return;
+    }
+    for (i64 i = 0; i < FH; ++i) {
+        for (i64 j = 0; j < FW; ++j) {
+            const T* src = col + ((c * FH + i) * FW + j) * t;  // (t,)
+            for_each_run(g, i, j, p0, t, [&](i64 q, i64, i64 row, i64 ow0, i64 off, i64 lo, i64 hi) {
+                if (row < 0) return;
+                T* r = plane + row;
+                const T* sq = src + q;
+                for (i64 k = lo; k < hi; ++k) r[(ow0 + k) * s + off] += sq[k];
+            });
+        }
+    }
+}
+
+#ifdef FL_AVX512_DISPATCH
+template <class T>
+FL_TARGET_AVX512 void col2im_channel_avx512(T* dxn, const T* col, const ConvGeometry& g, i64 p0, i64 t, i64 c, i64 R) {
+    col2im_channel<T, true>(dxn, col, g, p0, t, c, R);
+}
+#endif
+
+template <class T>
+void col2im_channel_base(T* dxn, const T* col, const ConvGeometry& g, i64 p0, i64 t, i64 c, i64 R) {
+    col2im_channel<T, false>(dxn, col, g, p0, t, c, R);
+}
+
+template <class T>
+void col2im_tile(T* dxn, const T* col, const ConvGeometry& g, i64 p0, i64 t, i64 c0, i64 c1) {
+    const i64 R = padded_rows(g, p0, t, sizeof(T));
+    auto channel = col2im_channel_base<T>;
+#ifdef FL_AVX512_DISPATCH
+    if (cpu_has_avx512()) channel = col2im_channel_avx512<T>;
+#endif
+    parallel_for(c1 - c0, [&](i64 task) { channel(dxn, col, g, p0, t, c0 + task, R); }, min_items(g.FH * g.FW * t));
 }
 
 template <class T>

@@ -659,3 +659,48 @@ def test_fused_oracle_backward_matches_numerical_gradient():
         numeric = numerical_gradient(loss, param)
         atol = rtol * max(1.0, float(np.abs(numeric).max()))
         np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol, err_msg=what)
+
+
+WIDE_VS_BASELINE_PROBE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from fastlayers.backend import _native as N
+    rng = np.random.default_rng(11)
+    res = {}
+    for dt in ("float32", "float64"):
+        # Row widths around the 16 (float) and 8 (double) lanes of a 64-byte vector.
+        for W, k, pad in ((1, 1, 0), (7, 3, 1), (9, 3, 0), (17, 3, 1), (20, 5, 2), (33, 3, 1)):
+            x = rng.standard_normal((3, 2, 5, W)).astype(dt)
+            w = rng.standard_normal((4, 2, k, k)).astype(dt)
+            OH, OW = 5 + 2 * pad - k + 1, W + 2 * pad - k + 1
+            out = np.empty((3, 4, OH, OW), dt)
+            N.conv2d_forward(out, x, w, np.zeros(4, dt), 1, pad)
+            dout = rng.standard_normal(out.shape).astype(dt)
+            dx, dW, db = np.empty_like(x), np.zeros_like(w), np.zeros(4, dt)
+            N.conv2d_backward(dx, dW, db, dout, x, w, 1, pad)
+            res.update({f"out_{dt}_{W}": out, f"dx_{dt}_{W}": dx, f"dW_{dt}_{W}": dW})
+        p = rng.standard_normal(1001).astype(dt)
+        g, m, v = rng.standard_normal(1001).astype(dt), np.zeros(1001, dt), np.zeros(1001, dt)
+        for step in (1, 2, 3):
+            N.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, step, 1e-4, 1e-5)
+        res[f"adam_{dt}"] = p
+    np.savez(sys.argv[1], **res)
+    """
+)
+
+
+def test_avx512_and_baseline_builds_give_the_same_bits(tmp_path):
+    """im2col/col2im and Adam have AVX-512 builds chosen at run time; they only copy, add in a
+    fixed order, or divide and take roots (correctly rounded), so both builds must agree to the
+    bit. On a CPU without AVX-512 both runs take the baseline and the test checks determinism."""
+    paths = {}
+    for label, disable in (("default", "0"), ("baseline", "1")):
+        paths[label] = tmp_path / f"{label}.npz"
+        env = {**os.environ, "FASTLAYERS_DISABLE_AVX512": disable}
+        subprocess.run([sys.executable, "-c", WIDE_VS_BASELINE_PROBE, str(paths[label])], env=env, check=True,
+                       timeout=120)
+    a, b = np.load(paths["default"]), np.load(paths["baseline"])
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        assert a[key].tobytes() == b[key].tobytes(), key
