@@ -6,7 +6,10 @@
 // The bindings validate the geometry: stride >= 1, pad >= 0, H + 2*pad >= FH,
 // W + 2*pad >= FW, OH = (H + 2*pad - FH) / stride + 1 (likewise OW), and every size fits int64.
 #pragma once
+#include <cstdint>
+
 #include "common.h"
+#include "pool.h"
 
 namespace fl {
 
@@ -42,5 +45,15 @@ void conv2d_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
 template <class T>
 void conv2d_relu_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out,
                           const ConvGeometry& g);
+
+
+// Convolution, ReLU and max pooling in one pass; pg is the pooling of the (N, FN, OH, OW)
+// convolution output, and argmax indexes its (OH, OW) planes.
+template <class T>
+void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const T* b,
+                                   const ConvGeometry& g, const PoolGeometry& pg);
+template <class T>
+void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out,
+                                    const std::int64_t* argmax, i64 POH, i64 POW, const ConvGeometry& g);
 
 }  // namespace fl

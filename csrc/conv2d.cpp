@@ -37,6 +37,7 @@
 
 #include "blas.h"
 #include "conv.h"
+#include "pool.h"
 #include "isa_dispatch.h"
 
 #ifdef FL_AVX512_DISPATCH
@@ -482,8 +483,11 @@ void backward_image(T* dxn, T* dW, double* db_acc, const T* doutn, const T* xn, 
     }
 }
 
-template <class T, bool Relu>
-void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out, const ConvGeometry& g) {
+// Runs image(n, dW_acc, db_acc, split) for every image n, each adding its dW and db terms
+// into the accumulators it is given, and reduces them into dW and db; image n also writes
+// dx's block n. See backward() for the grouping.
+template <class T, class Image>
+void backward_images(T* dx, T* dW, T* db, const ConvGeometry& g, const Plan& pl, Image image) {
     const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
     if (N == 0) return;
     if (FN == 0) {
@@ -491,12 +495,7 @@ void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const 
         if (dx) std::memset(dx, 0, static_cast<size_t>(N * CHW) * sizeof(T));
         return;
     }
-    const Plan pl = plan(g, sizeof(T));
     const i64 P = pl.P, FNK = FN * pl.K;  // FNK is W's size, so it fits
-    auto image = [&](i64 n, T* dWg, double* dbg, bool split) {
-        backward_image<T, Relu>(dx ? dx + n * CHW : nullptr, dWg, dbg, dout + n * FN * P, x + n * CHW, W,
-                                Relu ? out + n * FN * P : nullptr, g, pl, split);
-    };
     std::vector<double> db_acc(static_cast<size_t>(FN), 0.0);
     i64 G = std::min(N, kMaxGroups);
     const double partial_bytes = double(FNK) * double(sizeof(T));
@@ -526,7 +525,82 @@ void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const 
     for (i64 f = 0; f < FN; ++f) db[f] += static_cast<T>(db_acc[f]);
 }
 
+template <class T, bool Relu>
+void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out, const ConvGeometry& g) {
+    const Plan pl = plan(g, sizeof(T));
+    const i64 FNP = g.FN * pl.P, CHW = g.C * g.H * g.W;  // dout's and x's blocks per image
+    backward_images(dx, dW, db, g, pl, [&](i64 n, T* dWg, double* dbg, bool split) {
+        backward_image<T, Relu>(dx ? dx + n * CHW : nullptr, dWg, dbg, dout + n * FNP, x + n * CHW, W,
+                                Relu ? out + n * FNP : nullptr, g, pl, split);
+    });
+}
+
 }  // namespace
+
+// Convolution, ReLU and max pooling as one kernel, image by image: the convolution's output
+// for an image, y_n (FN, OH, OW), lives only in a per-thread buffer while it is pooled, so the
+// (N, FN, OH, OW) activation the unfused layers write, read back, and write again as the
+// pooling's gradient never reaches memory (simple_cnn: 6.9 MB three times per step).
+// Each image makes exactly the calls conv2d_relu_forward and maxpool2d_forward make (the
+// same tiles, GEMM shapes and pooling loops), so the results equal the unfused pair's bits.
+template <class T>
+void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const T* b,
+                                   const ConvGeometry& g, const PoolGeometry& pg) {
+    // out, argmax (N, FN, POH, POW); x (N, C, H, W); W (FN, C, FH, FW); b (FN,)
+    const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
+    if (N == 0 || FN == 0) return;
+    const Plan pl = plan(g, sizeof(T));
+    const i64 FNP = checked_mul(FN, pl.P, "FN*OH*OW"), FNPP = FN * pg.OH * pg.OW;
+    PoolGeometry one = pg;  // the pooling of one image's y_n
+    one.N = 1;
+    if (N == 1) {
+        std::vector<T> y(static_cast<size_t>(FNP));
+        forward_image<T, true>(y.data(), x, W, b, g, pl, true);
+        maxpool2d_forward(out, argmax, y.data(), one);
+        return;
+    }
+    parallel_for(N, [&](i64 n) {
+        Scratch<T, 2> scratch(FNP);
+        T* y = scratch.get();  // (FN, OH, OW)
+        forward_image<T, true>(y, x + n * CHW, W, b, g, pl, false);
+        maxpool2d_forward(out + n * FNPP, argmax + n * FNPP, y, one);  // serial: already in a parallel loop
+    }, min_items_macs(double(FN) * double(pl.K) * double(pl.P)));
+}
+
+// Backward: dout (N, FN, POH, POW) is routed to each window's argmax in a per-thread buffer
+// g_n (FN, OH, OW), as maxpool2d_backward does (zeros, then += in output order), each entry
+// kept only where the pooled out > 0: the chosen y_n element is out itself, and ReLU passes
+// gradient where it is > 0. Then g_n goes through the convolution's backward exactly as
+// conv2d_relu_backward's masked dout does.
+template <class T>
+void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out,
+                                    const std::int64_t* argmax, i64 POH, i64 POW, const ConvGeometry& g) {
+    // dx (N, C, H, W) or null; dW (FN, C, FH, FW), db (FN,) accumulated;
+    // dout, out, argmax (N, FN, POH, POW); argmax indexes the (OH, OW) planes of y
+    const Plan pl = plan(g, sizeof(T));
+    const i64 FN = g.FN, P = pl.P, PP = POH * POW, CHW = g.C * g.H * g.W;
+    const i64 FNP = checked_mul(FN, P, "FN*OH*OW");
+    backward_images(dx, dW, db, g, pl, [&](i64 n, T* dWg, double* dbg, bool split) {
+        Scratch<T, 2> scratch(FNP);
+        T* gn = scratch.get();  // (FN, OH*OW)
+        for (i64 f = 0; f < FN; ++f) {
+            T* plane = gn + f * P;
+            const i64 off = (n * FN + f) * PP;
+            const T* d = dout + off;
+            const T* o = out + off;
+            const std::int64_t* am = argmax + off;
+            std::fill(plane, plane + P, T(0));
+            // Every window that chose an element saw the same value there (out[q] is that
+            // element), so masking each contribution is masking the sum; as a select it
+            // has no branch to mispredict.
+            for (i64 q = 0; q < PP; ++q) {
+                const T v = d[q];
+                plane[am[q]] += o[q] > T(0) ? v : T(0);
+            }
+        }
+        backward_image<T, false>(dx ? dx + n * CHW : nullptr, dWg, dbg, gn, x + n * CHW, W, nullptr, g, pl, split);
+    });
+}
 
 template <class T>
 void conv2d_forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) {
@@ -562,5 +636,15 @@ template void conv2d_relu_backward<float>(float*, float*, float*, const float*, 
                                           const float*, const ConvGeometry&);
 template void conv2d_relu_backward<double>(double*, double*, double*, const double*, const double*,
                                            const double*, const double*, const ConvGeometry&);
+
+template void conv2d_relu_maxpool2d_forward<float>(float*, std::int64_t*, const float*, const float*, const float*,
+                                                  const ConvGeometry&, const PoolGeometry&);
+template void conv2d_relu_maxpool2d_forward<double>(double*, std::int64_t*, const double*, const double*,
+                                                   const double*, const ConvGeometry&, const PoolGeometry&);
+template void conv2d_relu_maxpool2d_backward<float>(float*, float*, float*, const float*, const float*, const float*,
+                                                   const float*, const std::int64_t*, i64, i64, const ConvGeometry&);
+template void conv2d_relu_maxpool2d_backward<double>(double*, double*, double*, const double*, const double*,
+                                                    const double*, const double*, const std::int64_t*, i64, i64,
+                                                    const ConvGeometry&);
 
 }  // namespace fl

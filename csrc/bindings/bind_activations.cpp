@@ -135,12 +135,6 @@ MaxoutShapes maxout_shapes(const Checker& c, const Arr& x, py::handle W_) {
     return {W, N, D, K, M};
 }
 
-py::array int64_array(const Checker& c, py::handle obj, const char* name) {
-    py::array a = c.array(obj, name);
-    c.int64(a, name);
-    return a;
-}
-
 struct RbfShapes {
     Arr centers, widths;
     i64 N, D, M;

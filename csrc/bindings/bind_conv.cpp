@@ -143,6 +143,76 @@ void backward(const char* kernel, py::object dx_, py::object dW_, py::object db_
     });
 }
 
+// conv2d_relu_maxpool2d_*: the convolution's checks, then the pooling's over its output plane.
+void conv_pool_forward(py::object out_, py::object argmax_, py::object x_, py::object W_, py::object b_,
+                       py::object stride, py::object pad, py::object PH, py::object PW, py::object pool_stride,
+                       py::object pool_pad) {
+    Checker c{"conv2d_relu_maxpool2d_forward"};
+    Arr x = input(c, x_, "x", std::nullopt, nullptr);
+    Arr W = input(c, W_, "W", x.dtype, "x");
+    Arr b = input(c, b_, "b", x.dtype, "x");
+    Arr out = output(c, out_, "out", x.dtype, "x");
+    py::array argmax = int64_array(c, argmax_, "argmax");
+    c.writeable(argmax, "argmax");
+    ConvGeometry g = conv_args(c, x, W);
+    nonempty_filter(c, W, g);
+    geometry(c, g, stride, pad, "x");
+    const PoolGeometry pg = pool_geometry(c, g.N, g.FN, g.OH, g.OW, PH, PW, pool_stride, pool_pad, "x",
+                                          "pool_stride", "pool_pad");
+    c.shape(b.a, "b", {g.FN});
+    c.shape(out.a, "out", {g.N, g.FN, pg.OH, pg.OW});
+    c.shape(argmax, "argmax", {g.N, g.FN, pg.OH, pg.OW});
+    c.outputs_distinct({{&out.a, "out"}, {&argmax, "argmax"}}, {{&x.a, "x"}, {&W.a, "W"}, {&b.a, "b"}});
+    auto* am = static_cast<std::int64_t*>(argmax.mutable_data());
+    dispatch(x.dtype, [&](auto t) {
+        using T = decltype(t);
+        py::gil_scoped_release nogil;
+        conv2d_relu_maxpool2d_forward<T>(out.ptr<T>(), am, x.ptr<T>(), W.ptr<T>(), b.ptr<T>(), g, pg);
+    });
+}
+
+void conv_pool_backward(py::object dx_, py::object dW_, py::object db_, py::object dout_, py::object x_,
+                        py::object W_, py::object out_, py::object argmax_, py::object stride, py::object pad) {
+    Checker c{"conv2d_relu_maxpool2d_backward"};
+    Arr x = input(c, x_, "x", std::nullopt, nullptr);
+    Arr W = input(c, W_, "W", x.dtype, "x");
+    Arr dout = input(c, dout_, "dout", x.dtype, "x");
+    Arr out = input(c, out_, "out", x.dtype, "x");
+    py::array argmax = int64_array(c, argmax_, "argmax");
+    auto dx = optional_output(c, dx_, "dx", x.dtype, "x");
+    Arr dW = output(c, dW_, "dW", x.dtype, "x");
+    Arr db = output(c, db_, "db", x.dtype, "x");
+    ConvGeometry g = conv_args(c, x, W);
+    nonempty_filter(c, W, g);
+    geometry(c, g, stride, pad, "x");
+    c.ndim(dout.a, "dout", 4);
+    c.shape(dout.a, "dout", {g.N, g.FN, -1, -1});
+    c.same_shape(out.a, "out", dout.a, "dout");
+    c.same_shape(argmax, "argmax", dout.a, "dout");
+    const auto* am = static_cast<const std::int64_t*>(argmax.data());
+    const i64 n = static_cast<i64>(argmax.size());
+    std::int64_t lo = 0, hi = 0;
+    {
+        py::gil_scoped_release nogil;
+        maxpool2d_argmax_range(am, n, &lo, &hi);
+    }
+    const i64 plane = checked_mul(g.OH, g.OW, "OH*OW");
+    if (n > 0 && (lo < 0 || hi >= plane))
+        c.value_error("argument 'argmax' holds index " + std::to_string(lo < 0 ? lo : hi) +
+                      "; expected indices in [0, " + std::to_string(plane) + ")");
+    if (dx) c.same_shape(dx->a, "dx", x.a, "x");
+    c.same_shape(dW.a, "dW", W.a, "W");
+    c.shape(db.a, "db", {g.FN});
+    c.outputs_distinct({{dx ? &dx->a : nullptr, "dx"}, {&dW.a, "dW"}, {&db.a, "db"}},
+                       {{&dout.a, "dout"}, {&x.a, "x"}, {&W.a, "W"}, {&out.a, "out"}, {&argmax, "argmax"}});
+    dispatch(x.dtype, [&](auto t) {
+        using T = decltype(t);
+        py::gil_scoped_release nogil;
+        conv2d_relu_maxpool2d_backward<T>(dx ? dx->ptr<T>() : nullptr, dW.ptr<T>(), db.ptr<T>(), dout.ptr<T>(),
+                                          x.ptr<T>(), W.ptr<T>(), out.ptr<T>(), am, dout.dim(2), dout.dim(3), g);
+    });
+}
+
 }  // namespace
 
 void bind_conv(py::module_& m) {
@@ -214,6 +284,18 @@ void bind_conv(py::module_& m) {
         py::arg("dx"), py::arg("dW"), py::arg("db"), py::arg("dout"), py::arg("x"), py::arg("W"), py::arg("out"),
         py::arg("stride"), py::arg("pad"),
         "conv2d_backward with dout replaced by (dout where out > 0, else 0); out is the fused forward's output");
+
+
+    m.def("conv2d_relu_maxpool2d_forward", &conv_pool_forward, py::arg("out"), py::arg("argmax"), py::arg("x"),
+          py::arg("W"), py::arg("b"), py::arg("stride"), py::arg("pad"), py::arg("PH"), py::arg("PW"),
+          py::arg("pool_stride"), py::arg("pool_pad"),
+          "out, argmax (N,FN,POH,POW) = maxpool2d_forward(conv2d_relu_forward(x, W, b)); the convolution's output "
+          "is never stored, argmax indexes its (OH,OW) planes");
+    m.def("conv2d_relu_maxpool2d_backward", &conv_pool_backward, py::arg("dx"), py::arg("dW"), py::arg("db"),
+          py::arg("dout"), py::arg("x"), py::arg("W"), py::arg("out"), py::arg("argmax"), py::arg("stride"),
+          py::arg("pad"),
+          "backward of conv2d_relu_maxpool2d_forward: dout to the argmax, kept where out > 0, then "
+          "conv2d_backward (dx overwritten, None skips it; dW, db +=)");
 }
 
 }  // namespace fl::bind

@@ -24,28 +24,7 @@ bool padded_too_small(i64 H, i64 pad, i64 P) {
     return H < P - 2 * pad;
 }
 
-// The validated window, stride, padding and output size of an H x W input, as the oracle's
-// _geometry and _pool_pad check them (same conditions, same order).
-PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::handle PH_, py::handle PW_,
-                           py::handle stride_, py::handle pad_, const char* x_name) {
-    const i64 PH = c.positive_int(PH_, "PH");
-    const i64 PW = c.positive_int(PW_, "PW");
-    const i64 stride = c.positive_int(stride_, "stride");
-    const i64 pad = c.nonnegative_int(pad_, "pad");
-    if (padded_too_small(H, pad, PH) || padded_too_small(W, pad, PW))
-        c.value_error(std::string("argument '") + x_name + "' has a padded plane of (" + std::to_string(padded(H, pad)) +
-                      ", " + std::to_string(padded(W, pad)) + ") (H=" + std::to_string(H) + ", W=" + std::to_string(W) +
-                      ", pad=" + std::to_string(pad) + "); expected at least the window (" + std::to_string(PH) + ", " +
-                      std::to_string(PW) + ")");
-    // Keeps at least one real element in every window (PyTorch's rule).
-    if (pad > PH / 2 || pad > PW / 2)
-        c.value_error("argument 'pad' must be <= PH // 2 and <= PW // 2 = " + std::to_string(std::min(PH / 2, PW / 2)) +
-                      " for a (" + std::to_string(PH) + ", " + std::to_string(PW) + ") window; got " + std::to_string(pad));
-    // Now 2*pad <= PH and H + 2*pad >= PH, so H - (PH - 2*pad) is in [0, H]: no overflow.
-    const i64 OH = (H - (PH - 2 * pad)) / stride + 1;
-    const i64 OW = (W - (PW - 2 * pad)) / stride + 1;
-    return {N, C, H, W, PH, PW, stride, pad, OH, OW};
-}
+}  // namespace
 
 py::array int64_array(const Checker& c, py::handle obj, const char* name) {
     py::array a = c.array(obj, name);
@@ -53,7 +32,30 @@ py::array int64_array(const Checker& c, py::handle obj, const char* name) {
     return a;
 }
 
-}  // namespace
+// The validated window, stride, padding and output size of an H x W input, as the oracle's
+// _geometry and _pool_pad check them (same conditions, same order).
+PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::handle PH_, py::handle PW_,
+                           py::handle stride_, py::handle pad_, const char* x_name, const char* stride_name,
+                           const char* pad_name) {
+    const i64 PH = c.positive_int(PH_, "PH");
+    const i64 PW = c.positive_int(PW_, "PW");
+    const i64 stride = c.positive_int(stride_, stride_name);
+    const i64 pad = c.nonnegative_int(pad_, pad_name);
+    if (padded_too_small(H, pad, PH) || padded_too_small(W, pad, PW))
+        c.value_error(std::string("argument '") + x_name + "' has a padded plane of (" + std::to_string(padded(H, pad)) +
+                      ", " + std::to_string(padded(W, pad)) + ") (H=" + std::to_string(H) + ", W=" + std::to_string(W) +
+                      ", pad=" + std::to_string(pad) + "); expected at least the window (" + std::to_string(PH) + ", " +
+                      std::to_string(PW) + ")");
+    // Keeps at least one real element in every window (PyTorch's rule).
+    if (pad > PH / 2 || pad > PW / 2)
+        c.value_error(std::string("argument '") + pad_name + "' must be <= PH // 2 and <= PW // 2 = " +
+                      std::to_string(std::min(PH / 2, PW / 2)) + " for a (" + std::to_string(PH) + ", " +
+                      std::to_string(PW) + ") window; got " + std::to_string(pad));
+    // Now 2*pad <= PH and H + 2*pad >= PH, so H - (PH - 2*pad) is in [0, H]: no overflow.
+    const i64 OH = (H - (PH - 2 * pad)) / stride + 1;
+    const i64 OW = (W - (PW - 2 * pad)) / stride + 1;
+    return {N, C, H, W, PH, PW, stride, pad, OH, OW};
+}
 
 void bind_pool(py::module_& m) {
     // Private: which build of the dispatched loops runs (see isa_dispatch.h); tests use it to

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "pool.h"
+
 namespace fl::bind {
 
 namespace py = pybind11;
@@ -80,6 +82,14 @@ Arr input(const Checker& c, py::handle obj, const char* name, std::optional<DTyp
 Arr output(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like);
 // An optional gradient output: None gives std::nullopt.
 std::optional<Arr> optional_output(const Checker& c, py::handle obj, const char* name, DType want, const char* like);
+
+// A pooling window over an H x W plane, validated as the oracle's _geometry and _pool_pad do
+// (defined in bind_pool.cpp; the fused convolution + pooling kernel uses it too).
+PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::handle PH, py::handle PW,
+                           py::handle stride, py::handle pad, const char* x_name, const char* stride_name = "stride",
+                           const char* pad_name = "pad");
+// obj as an int64 array (an index output or input), refused with a TypeError otherwise.
+py::array int64_array(const Checker& c, py::handle obj, const char* name);
 
 template <class Fn>
 decltype(auto) dispatch(DType t, Fn&& fn) {

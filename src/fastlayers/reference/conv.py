@@ -14,6 +14,8 @@ __all__ = [
     "conv2d_backward",
     "conv2d_relu_forward",
     "conv2d_relu_backward",
+    "conv2d_relu_maxpool2d_forward",
+    "conv2d_relu_maxpool2d_backward",
     "maxpool2d_forward",
     "maxpool2d_backward",
     "avgpool2d_forward",
@@ -24,12 +26,15 @@ __all__ = [
 # --- shared helpers ----------------------------------------------------------------------
 
 
-def _geometry(c: Checker, H: int, W: int, FH, FW, stride, pad, fh_name="FH", fw_name="FW", x_name="x"):
+def _geometry(
+    c: Checker, H: int, W: int, FH, FW, stride, pad, fh_name="FH", fw_name="FW", x_name="x", stride_name="stride",
+    pad_name="pad",
+):
     """Validated (FH, FW, stride, pad, OH, OW) for an H x W input plane."""
     FH = c.positive_int(FH, fh_name)
     FW = c.positive_int(FW, fw_name)
-    stride = c.positive_int(stride, "stride")
-    pad = c.nonnegative_int(pad, "pad")
+    stride = c.positive_int(stride, stride_name)
+    pad = c.nonnegative_int(pad, pad_name)
     Hp, Wp = H + 2 * pad, W + 2 * pad
     if Hp < FH or Wp < FW:
         c.value_error(
@@ -41,11 +46,11 @@ def _geometry(c: Checker, H: int, W: int, FH, FW, stride, pad, fh_name="FH", fw_
     return FH, FW, stride, pad, OH, OW
 
 
-def _pool_pad(c: Checker, pad: int, PH: int, PW: int) -> None:
+def _pool_pad(c: Checker, pad: int, PH: int, PW: int, pad_name="pad") -> None:
     # Keeps at least one real element in every window, so no output is made of padding alone.
     if pad > PH // 2 or pad > PW // 2:
         c.value_error(
-            f"argument 'pad' must be <= PH // 2 and <= PW // 2 = {min(PH // 2, PW // 2)} "
+            f"argument '{pad_name}' must be <= PH // 2 and <= PW // 2 = {min(PH // 2, PW // 2)} "
             f"for a ({PH}, {PW}) window; got {pad}"
         )
 
@@ -263,7 +268,8 @@ def maxpool2d_backward(dx, dout, argmax):
     c.outputs_distinct({"dx": dx}, {"dout": dout, "argmax": argmax})
     flat = np.zeros((N * C, H * W), dtype=dx.dtype)
     rows = np.arange(N * C)[:, None]
-    np.add.at(flat, (rows, argmax.reshape(N * C, -1)), dout.reshape(N * C, -1))
+    per_plane = dout.shape[2] * dout.shape[3]  # explicit: reshape cannot infer -1 when N*C == 0
+    np.add.at(flat, (rows, argmax.reshape(N * C, per_plane)), dout.reshape(N * C, per_plane))
     dx[...] = flat.reshape(N, C, H, W)
 
 
@@ -303,3 +309,78 @@ def avgpool2d_backward(dx, dout, PH, PW, stride, pad):
     g = dout / _avg_counts(H, W, PH, PW, stride, pad, OH, OW, dout.dtype)
     spread = np.broadcast_to(g[:, :, None, None, :, :], (N, C, PH, PW, OH, OW))
     dx[...] = _unwindows(spread, H + 2 * pad, W + 2 * pad, stride)[:, :, pad : pad + H, pad : pad + W]
+
+
+# --- convolution + ReLU + max pooling ------------------------------------------------------
+
+
+def _conv_pool_geometry(c: Checker, x, W, stride, pad, PH, PW, pool_stride, pool_pad):
+    N, C, H, Wd, FN, FH, FW = _conv_args(c, x, W)
+    if FH < 1 or FW < 1:
+        c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
+    FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
+    PH, PW, pool_stride, pool_pad, POH, POW = _geometry(
+        c, OH, OW, PH, PW, pool_stride, pool_pad, "PH", "PW", "x", "pool_stride", "pool_pad"
+    )
+    _pool_pad(c, pool_pad, PH, PW, "pool_pad")
+    return (N, FN, OH, OW), (stride, pad, PH, PW, pool_stride, pool_pad), (N, FN, POH, POW)
+
+
+def conv2d_relu_maxpool2d_forward(out, argmax, x, W, b, stride, pad, PH, PW, pool_stride, pool_pad):
+    """out, argmax (N,FN,POH,POW) = maxpool2d_forward(conv2d_relu_forward(x, W, b, stride, pad),
+    PH, PW, pool_stride, pool_pad). The convolution's (N,FN,OH,OW) output is not returned;
+    argmax indexes its (OH,OW) planes, as maxpool2d_forward's does."""
+    c = Checker("conv2d_relu_maxpool2d_forward")
+    x = c.input(x, "x")
+    W = c.input(W, "W", x, "x")
+    b = c.input(b, "b", x, "x")
+    out = c.output(out, "out", x, "x")
+    argmax = c.int64(argmax, "argmax")
+    c.writeable(argmax, "argmax")
+    conv_shape, geo, pooled = _conv_pool_geometry(c, x, W, stride, pad, PH, PW, pool_stride, pool_pad)
+    c.shape(b, "b", (conv_shape[1],))
+    c.shape(out, "out", pooled)
+    c.shape(argmax, "argmax", pooled)
+    c.outputs_distinct({"out": out, "argmax": argmax}, {"x": x, "W": W, "b": b})
+    stride, pad, PH, PW, pool_stride, pool_pad = geo
+    y = np.empty(conv_shape, x.dtype)
+    conv2d_relu_forward(y, x, W, b, stride, pad)
+    maxpool2d_forward(out, argmax, y, PH, PW, pool_stride, pool_pad)
+
+
+def conv2d_relu_maxpool2d_backward(dx, dW, db, dout, x, W, out, argmax, stride, pad):
+    """The backward of conv2d_relu_maxpool2d_forward: dout (N,FN,POH,POW) goes back through the
+    pooling to its argmax, through the ReLU where the pooled out > 0 (the chosen convolution
+    output is out itself), then through the convolution as in conv2d_backward (dx skipped when
+    None; dW, db accumulated)."""
+    c = Checker("conv2d_relu_maxpool2d_backward")
+    x = c.input(x, "x")
+    W = c.input(W, "W", x, "x")
+    dout = c.input(dout, "dout", x, "x")
+    out = c.input(out, "out", x, "x")
+    argmax = c.int64(argmax, "argmax")
+    dx = c.optional_output(dx, "dx", x, "x")
+    dW = c.output(dW, "dW", x, "x")
+    db = c.output(db, "db", x, "x")
+    N, C, H, Wd, FN, FH, FW = _conv_args(c, x, W)
+    if FH < 1 or FW < 1:
+        c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
+    FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
+    c.ndim(dout, "dout", 4)
+    c.shape(dout, "dout", (N, FN, -1, -1))
+    c.same_shape(out, "out", dout, "dout")
+    c.same_shape(argmax, "argmax", dout, "dout")
+    if argmax.size:
+        lo, hi = int(argmax.min()), int(argmax.max())
+        if lo < 0 or hi >= OH * OW:
+            c.value_error(f"argument 'argmax' holds index {lo if lo < 0 else hi}; expected indices in [0, {OH * OW})")
+    if dx is not None:
+        c.same_shape(dx, "dx", x, "x")
+    c.same_shape(dW, "dW", W, "W")
+    c.shape(db, "db", (FN,))
+    c.outputs_distinct(
+        {"dx": dx, "dW": dW, "db": db}, {"dout": dout, "x": x, "W": W, "out": out, "argmax": argmax}
+    )
+    dconv = np.empty((N, FN, OH, OW), x.dtype)
+    maxpool2d_backward(dconv, np.where(out > 0, dout, 0).astype(x.dtype), argmax)
+    conv2d_backward(dx, dW, db, dconv, x, W, stride, pad)
