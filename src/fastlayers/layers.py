@@ -949,6 +949,29 @@ class RBF(Layer):
 # ----------------------------------------------------------------------------------------
 
 
+class _PlanRunner:
+    """Runs the units of a Sequential's plan in order.
+
+    Sequential reaches it through the class attribute ``_runner``; fastlayers.profile puts
+    a timing runner on one model's instance for the duration of a profiled step, so the
+    untimed path never pays for a clock read.
+    """
+
+    @staticmethod
+    def forward(units, x, train):
+        for _, layer, fused in units:
+            x = layer.forward_relu(x, train) if fused else layer.forward(x, train)
+        return x
+
+    @staticmethod
+    def backward(units, dout):
+        for _, layer, _ in reversed(units):
+            dout = layer.backward(dout)
+            if dout is None:
+                break
+        return dout
+
+
 class Sequential(Layer):
     """Layers applied in order; parameters are named "<index>.<name>" ("2.1.W" when nested).
 
@@ -958,6 +981,8 @@ class Sequential(Layer):
     skipped. ``fuse=False`` runs every layer on its own.
     """
 
+    _runner = _PlanRunner()
+
     def __init__(self, *layers: Layer, fuse: bool = True):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
@@ -965,7 +990,7 @@ class Sequential(Layer):
         self.layers: list[Layer] = list(layers)
         self.fuse = bool(fuse)
         self._needs_input_grad = True
-        self._plan: list[Layer] = []
+        self._plan: list[tuple[int, Layer, bool]] = []
 
     @property
     def needs_input_grad(self) -> bool:
@@ -978,31 +1003,29 @@ class Sequential(Layer):
         if self.layers:
             self.layers[0].needs_input_grad = bool(value)
 
-    def forward(self, x, train=None):
-        # The plan records which layers ran, so backward visits exactly those: a ReLU fused
-        # into the layer before it has no backward of its own.
-        layers, plan = self.layers, []
+    def _units(self) -> list[tuple[int, Layer, bool]]:
+        """The execution plan: (index in ``layers``, layer, whether it runs the next ReLU fused)."""
+        layers, units = self.layers, []
         i, n = 0, len(layers)
         while i < n:
             layer = layers[i]
-            if self.fuse and layer.fuses_relu and i + 1 < n and type(layers[i + 1]) is ReLU:
-                x = layer.forward_relu(x, train)
-                i += 2
-            else:
-                x = layer.forward(x, train)
-                i += 1
-            plan.append(layer)
-        self._plan = plan
+            fused = self.fuse and layer.fuses_relu and i + 1 < n and type(layers[i + 1]) is ReLU
+            units.append((i, layer, fused))
+            i += 2 if fused else 1
+        return units
+
+    def forward(self, x, train=None):
+        # The plan is kept so that backward visits exactly the units that ran: a ReLU fused
+        # into the layer before it has no backward of its own.
+        units = self._units()
+        x = self._runner.forward(units, x, train)
+        self._plan = units
         return x
 
     def backward(self, dout):
         if self.layers and not self._plan:
             raise RuntimeError(f"{self._tag()}: backward called before forward")
-        for layer in reversed(self._plan):
-            dout = layer.backward(dout)
-            if dout is None:
-                break
-        return dout
+        return self._runner.backward(self._plan, dout)
 
     def named_parameters(self, prefix=""):
         out = []
