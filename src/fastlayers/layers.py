@@ -130,6 +130,14 @@ class Layer:
         of that output and returns the gradient through both."""
         raise NotImplementedError(f"{self._tag()} cannot fuse a ReLU")
 
+    def flops(self, input_shape) -> tuple[int, int]:
+        """Floating-point operations of one forward and one backward on an input of shape
+        ``input_shape`` (batch axis first), counting matrix products only: 2·M·N·K for an
+        (M, K) @ (K, N) product. The backward counts the input gradient only when
+        ``needs_input_grad`` is set, because the layer skips it otherwise. Layers without a
+        matrix product report (0, 0): their time goes to memory traffic, not arithmetic."""
+        return 0, 0
+
     # -- parameters and state ------------------------------------------------------------
     def _own_parameters(self) -> list[tuple[str, Parameter]]:
         return []
@@ -333,6 +341,11 @@ class Affine(_WeightBias):
             k.affine_backward(dx, self.W.grad, self._bias()[1], dout, x2, self.W.data)
         return None if dx is None else dx.reshape(shape)
 
+    def flops(self, input_shape):
+        # forward out = x @ W; backward dW = x.T @ dout and dx = dout @ W.T, each N·D·M.
+        gemm = 2 * int(input_shape[0]) * self.in_features * self.out_features
+        return gemm, gemm * (2 if self.needs_input_grad else 1)
+
     def _tag(self):
         return f"Affine({self.in_features}->{self.out_features})"
 
@@ -421,6 +434,15 @@ class Conv2d(_WeightBias):
         else:
             k.conv2d_backward(dx, self.W.grad, self._bias()[1], dout, x, self.W.data, self.stride, self.padding)
         return dx
+
+    def flops(self, input_shape):
+        # Per image, out (FN, OH·OW) = W (FN, K) @ col (K, OH·OW) with K = C·FH·FW; the
+        # backward's dW = dout @ col.T and dcol = W.T @ dout are products of the same size.
+        N, C, H, W = (int(d) for d in input_shape)
+        FN, OH, OW = self.output_shape((C, H, W))
+        FH, FW = self.kernel_size
+        gemm = 2 * N * OH * OW * FN * self.in_channels * FH * FW
+        return gemm, gemm * (2 if self.needs_input_grad else 1)
 
     def _tag(self):
         return f"Conv2d({self.in_channels}->{self.out_channels})"
@@ -887,6 +909,12 @@ class Maxout(Layer):
         backend.kernels().maxout_backward(dx, self.W.grad, self.b.grad, dout, x2, self.W.data, argmax)
         return None if dx is None else dx.reshape(shape)
 
+    def flops(self, input_shape):
+        # Every piece is a full x @ W[k], forward and backward (the gradient of the pieces
+        # that lost is masked to zero, not skipped).
+        gemm = 2 * int(input_shape[0]) * self.in_features * self.out_features * self.pieces
+        return gemm, gemm * (2 if self.needs_input_grad else 1)
+
     def _tag(self):
         return f"Maxout({self.in_features}->{self.out_features}, pieces={self.pieces})"
 
@@ -1026,6 +1054,12 @@ class Sequential(Layer):
         if self.layers and not self._plan:
             raise RuntimeError(f"{self._tag()}: backward called before forward")
         return self._runner.backward(self._plan, dout)
+
+    def flops(self, input_shape):
+        raise NotImplementedError(
+            "Sequential.flops: each layer counts its own FLOPs for its own input shape; "
+            "fastlayers.profile records them per layer as the model runs"
+        )
 
     def named_parameters(self, prefix=""):
         out = []
