@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastlayers
-from fastlayers import backend, layers, losses, models, optim
+from fastlayers import backend, cli, layers, losses, models, optim
 from fastlayers.profile import Profile, scratch_bytes
 from fastlayers.trainer import Trainer
 
@@ -297,3 +297,32 @@ def test_profile_reports_the_active_backends_scratch():
     rows = profiled(model, steps=1, n=n).rows
     want = scratch_bytes(model[0], (n, 1, 28, 28), True, backend_name="native", threads=fastlayers.get_num_threads())
     assert rows[0].scratch_bytes == want > 0
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def test_cli_profile_json(capsys):
+    args = ["profile", "--model", "mlp", "--batchnorm", "--batch", "16", "--steps", "3", "--warmup", "1", "--json"]
+    assert cli.main(args) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["model"] == "mlp" and d["batchnorm"] and d["batch"] == 16 and d["steps"] == 3 and d["samples"] == 48
+    assert d["backend"] == "native" and d["threads"] == fastlayers.get_num_threads()
+    assert [r["name"] for r in d["rows"]][:2] == ["0 Affine(784→100)", "1 BatchNorm(100)+ReLU"]
+    assert len(d["rows"]) == 5 * 2 + 1 + 2 and d["other_ms"] >= 0
+
+
+def test_cli_profile_table(capsys):
+    try:
+        assert cli.main(["profile", "--batch", "4", "--steps", "1", "--warmup", "0", "--backend", "numpy"]) == 0
+    finally:
+        backend.set_backend("native")
+    out = capsys.readouterr().out
+    assert "simple-cnn, batch 4" in out and "0 Conv2d(1→30, 5x5)+ReLU" in out and "backend numpy" in out
+
+
+def test_cli_profile_refuses_bad_arguments():
+    with pytest.raises(SystemExit, match="--batchnorm applies"):
+        cli.main(["profile", "--model", "simple-cnn", "--batchnorm"])
+    with pytest.raises(SystemExit):
+        cli.main(["profile", "--steps", "0"])
