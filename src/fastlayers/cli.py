@@ -1,4 +1,4 @@
-"""The ``fastlayers`` command: ``train``, ``gradcheck`` and ``info``."""
+"""The ``fastlayers`` command: ``train``, ``profile``, ``gradcheck`` and ``info``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    pr = sub.add_parser("profile", help="time training steps layer by layer on random data")
+    pr.add_argument("--model", choices=sorted(MODELS), default="simple-cnn")
+    pr.add_argument("--batchnorm", action="store_true", help="mlp and deep-cnn: the variant with BatchNorm")
+    pr.add_argument("--batch", type=_count(1), default=100, help="samples per step (default: 100)")
+    pr.add_argument("--steps", type=_count(1), default=20, help="timed steps (default: 20)")
+    pr.add_argument("--warmup", type=_count(0), default=3, help="untimed steps first (default: 3)")
+    pr.add_argument("--backend", choices=("native", "numpy"), default=None, help="default: native")
+    pr.add_argument("--threads", type=_count(1), default=None, help="threads for kernels and GEMM (default: all cores)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--json", action="store_true", help="print one JSON object with the profile on stdout")
+
     g = sub.add_parser("gradcheck", help="compare backprop with numerical gradients for a model")
     g.add_argument("--model", choices=sorted(MODELS), default="simple-cnn")
     g.add_argument("--batch", type=int, default=2)
@@ -60,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="build information and which kernels are native")
     i.add_argument("--json", action="store_true")
     return p
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _load_data(name: str, download: bool):
@@ -159,6 +183,40 @@ def _train(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    from . import backend, optim
+    from .losses import SoftmaxCrossEntropy
+    from .models import get as get_model
+    from .profile import Profile
+
+    if args.batchnorm and args.model not in ("mlp", "deep-cnn"):
+        raise SystemExit(f"fastlayers: --batchnorm applies to mlp and deep-cnn, not {args.model}")
+    if args.backend:
+        backend.set_backend(args.backend)
+    if args.threads is not None:
+        backend.set_num_threads(args.threads)
+    # mlp's default is the textbook's five hidden layers of 100; its first Affine flattens the images.
+    model = get_model(args.model, seed=args.seed, **({"batchnorm": True} if args.batchnorm else {}))
+    rng = np.random.default_rng(args.seed)
+    x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
+    t = rng.integers(0, 10, size=args.batch)
+    profile = Profile(model, SoftmaxCrossEntropy(), optim.Adam(model.parameters()))
+    for _ in range(args.warmup):
+        profile.train_step(x, t)
+    profile.reset()
+    for _ in range(args.steps):
+        profile.train_step(x, t)
+    name = args.model + (" with BatchNorm" if args.batchnorm else "")
+    if args.json:
+        head = {"model": args.model, "batchnorm": args.batchnorm, "batch": args.batch, "warmup": args.warmup,
+                "backend": backend.get_backend(), "threads": backend.get_num_threads()}
+        print(json.dumps({**head, **profile.as_dict()}))
+    else:
+        print(f"{name}, batch {args.batch}, Adam, {args.steps} steps after {args.warmup} of warm-up")
+        print(profile.table())
+    return 0
+
+
 def _gradcheck(args) -> int:
     from . import backend
     from .gradcheck import format_table, gradcheck
@@ -201,7 +259,7 @@ def _info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"train": _train, "gradcheck": _gradcheck, "info": _info}[args.command](args)
+    return {"train": _train, "profile": _profile, "gradcheck": _gradcheck, "info": _info}[args.command](args)
 
 
 if __name__ == "__main__":

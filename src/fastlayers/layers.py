@@ -130,6 +130,14 @@ class Layer:
         of that output and returns the gradient through both."""
         raise NotImplementedError(f"{self._tag()} cannot fuse a ReLU")
 
+    def flops(self, input_shape) -> tuple[int, int]:
+        """Floating-point operations of one forward and one backward on an input of shape
+        ``input_shape`` (batch axis first), counting matrix products only: 2·M·N·K for an
+        (M, K) @ (K, N) product. The backward counts the input gradient only when
+        ``needs_input_grad`` is set, because the layer skips it otherwise. Layers without a
+        matrix product report (0, 0): their time goes to memory traffic, not arithmetic."""
+        return 0, 0
+
     # -- parameters and state ------------------------------------------------------------
     def _own_parameters(self) -> list[tuple[str, Parameter]]:
         return []
@@ -333,6 +341,11 @@ class Affine(_WeightBias):
             k.affine_backward(dx, self.W.grad, self._bias()[1], dout, x2, self.W.data)
         return None if dx is None else dx.reshape(shape)
 
+    def flops(self, input_shape):
+        # forward out = x @ W; backward dW = x.T @ dout and dx = dout @ W.T, each N·D·M.
+        gemm = 2 * int(input_shape[0]) * self.in_features * self.out_features
+        return gemm, gemm * (2 if self.needs_input_grad else 1)
+
     def _tag(self):
         return f"Affine({self.in_features}->{self.out_features})"
 
@@ -421,6 +434,15 @@ class Conv2d(_WeightBias):
         else:
             k.conv2d_backward(dx, self.W.grad, self._bias()[1], dout, x, self.W.data, self.stride, self.padding)
         return dx
+
+    def flops(self, input_shape):
+        # Per image, out (FN, OH·OW) = W (FN, K) @ col (K, OH·OW) with K = C·FH·FW; the
+        # backward's dW = dout @ col.T and dcol = W.T @ dout are products of the same size.
+        N, C, H, W = (int(d) for d in input_shape)
+        FN, OH, OW = self.output_shape((C, H, W))
+        FH, FW = self.kernel_size
+        gemm = 2 * N * OH * OW * FN * self.in_channels * FH * FW
+        return gemm, gemm * (2 if self.needs_input_grad else 1)
 
     def _tag(self):
         return f"Conv2d({self.in_channels}->{self.out_channels})"
@@ -887,6 +909,12 @@ class Maxout(Layer):
         backend.kernels().maxout_backward(dx, self.W.grad, self.b.grad, dout, x2, self.W.data, argmax)
         return None if dx is None else dx.reshape(shape)
 
+    def flops(self, input_shape):
+        # Every piece is a full x @ W[k], forward and backward (the gradient of the pieces
+        # that lost is masked to zero, not skipped).
+        gemm = 2 * int(input_shape[0]) * self.in_features * self.out_features * self.pieces
+        return gemm, gemm * (2 if self.needs_input_grad else 1)
+
     def _tag(self):
         return f"Maxout({self.in_features}->{self.out_features}, pieces={self.pieces})"
 
@@ -949,6 +977,29 @@ class RBF(Layer):
 # ----------------------------------------------------------------------------------------
 
 
+class _PlanRunner:
+    """Runs the units of a Sequential's plan in order.
+
+    Sequential reaches it through the class attribute ``_runner``; fastlayers.profile puts
+    a timing runner on one model's instance for the duration of a profiled step, so the
+    untimed path never pays for a clock read.
+    """
+
+    @staticmethod
+    def forward(units, x, train):
+        for _, layer, fused in units:
+            x = layer.forward_relu(x, train) if fused else layer.forward(x, train)
+        return x
+
+    @staticmethod
+    def backward(units, dout):
+        for _, layer, _ in reversed(units):
+            dout = layer.backward(dout)
+            if dout is None:
+                break
+        return dout
+
+
 class Sequential(Layer):
     """Layers applied in order; parameters are named "<index>.<name>" ("2.1.W" when nested).
 
@@ -958,6 +1009,8 @@ class Sequential(Layer):
     skipped. ``fuse=False`` runs every layer on its own.
     """
 
+    _runner = _PlanRunner()
+
     def __init__(self, *layers: Layer, fuse: bool = True):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
@@ -965,7 +1018,7 @@ class Sequential(Layer):
         self.layers: list[Layer] = list(layers)
         self.fuse = bool(fuse)
         self._needs_input_grad = True
-        self._plan: list[Layer] = []
+        self._plan: list[tuple[int, Layer, bool]] = []
 
     @property
     def needs_input_grad(self) -> bool:
@@ -978,31 +1031,35 @@ class Sequential(Layer):
         if self.layers:
             self.layers[0].needs_input_grad = bool(value)
 
-    def forward(self, x, train=None):
-        # The plan records which layers ran, so backward visits exactly those: a ReLU fused
-        # into the layer before it has no backward of its own.
-        layers, plan = self.layers, []
+    def _units(self) -> list[tuple[int, Layer, bool]]:
+        """The execution plan: (index in ``layers``, layer, whether it runs the next ReLU fused)."""
+        layers, units = self.layers, []
         i, n = 0, len(layers)
         while i < n:
             layer = layers[i]
-            if self.fuse and layer.fuses_relu and i + 1 < n and type(layers[i + 1]) is ReLU:
-                x = layer.forward_relu(x, train)
-                i += 2
-            else:
-                x = layer.forward(x, train)
-                i += 1
-            plan.append(layer)
-        self._plan = plan
+            fused = self.fuse and layer.fuses_relu and i + 1 < n and type(layers[i + 1]) is ReLU
+            units.append((i, layer, fused))
+            i += 2 if fused else 1
+        return units
+
+    def forward(self, x, train=None):
+        # The plan is kept so that backward visits exactly the units that ran: a ReLU fused
+        # into the layer before it has no backward of its own.
+        units = self._units()
+        x = self._runner.forward(units, x, train)
+        self._plan = units
         return x
 
     def backward(self, dout):
         if self.layers and not self._plan:
             raise RuntimeError(f"{self._tag()}: backward called before forward")
-        for layer in reversed(self._plan):
-            dout = layer.backward(dout)
-            if dout is None:
-                break
-        return dout
+        return self._runner.backward(self._plan, dout)
+
+    def flops(self, input_shape):
+        raise NotImplementedError(
+            "Sequential.flops: each layer counts its own FLOPs for its own input shape; "
+            "fastlayers.profile records them per layer as the model runs"
+        )
 
     def named_parameters(self, prefix=""):
         out = []

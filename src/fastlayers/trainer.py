@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from .init import as_generator
+from .profile import Profile
 
 
 def accuracy(scores: np.ndarray, t: np.ndarray) -> float:
@@ -36,13 +37,22 @@ class Trainer:
     ``history`` holds one dict per epoch: ``epoch``, ``loss`` (mean training loss including
     the weight penalty), ``train_accuracy`` (on the batches as they were trained),
     ``val_loss`` and ``val_accuracy`` (when there is validation data) and ``seconds``.
+
+    ``profile=True`` times every training step layer by layer (``fastlayers.profile``):
+    ``trainer.profile`` then accumulates per-layer forward and backward times, FLOP rates and
+    im2col workspace over all steps of ``fit`` (``trainer.profile.table()``,
+    ``.as_dict()``), and a verbose ``fit`` prints the table at the end. The numbers trained
+    are the same either way. Without it ``trainer.profile`` is None.
     """
 
-    def __init__(self, model, loss, optimizer, seed: int | None = 0, verbose: bool | None = None):
+    def __init__(
+        self, model, loss, optimizer, seed: int | None = 0, verbose: bool | None = None, profile: bool = False
+    ):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
         self.verbose = verbose
+        self.profile: Profile | None = Profile(model, loss, optimizer) if profile else None
         self.history: list[dict] = []
         self.rng = as_generator(seed)
         # Dropout masks come from their own stream so that changing the batch order
@@ -55,6 +65,8 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------
     def train_step(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
         """Forward, backward and one optimizer update on one batch; returns (loss, scores)."""
+        if self.profile is not None:
+            return self.profile.train_step(x, t)
         self.optimizer.zero_grad()
         scores = self.model.forward(x, train=True)
         loss = self.loss.forward(scores, t) + self.optimizer.penalty()
@@ -141,6 +153,8 @@ class Trainer:
                     break
         if best_state is not None and self.stop_reason is not None:
             self.model.load_state_dict(best_state)
+        if self.profile is not None and self._show():
+            print(self.profile.table(), file=sys.stderr)
         return self.history
 
     def _train_epoch(self, x, t, batch_size, epoch, last_epoch, shuffle=True) -> dict:

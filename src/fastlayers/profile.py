@@ -1,0 +1,442 @@
+"""Where a training step's time goes: per-layer forward and backward time, FLOP rate and
+im2col workspace, accumulated over steps.
+
+``Trainer(..., profile=True)`` profiles every step of ``fit`` and keeps the result in
+``trainer.profile``; ``fastlayers profile --model ...`` does the same on random data. By
+hand::
+
+    prof = fastlayers.profile.Profile(model, loss, optimizer)
+    for x, t in batches:
+        prof.train_step(x, t)          # the same operations as Trainer.train_step, timed
+    print(prof.table())
+
+Each row is one unit of ``Sequential``'s execution plan (an Affine, Conv2d or BatchNorm run
+together with the ReLU after it is one row, "0 Conv2d(1→30, 5x5)+ReLU"), then the loss and
+the optimizer update (``zero_grad`` and ``step``). The rows' intervals lie inside the step's
+and never overlap, so they sum to at most the step time; "other" is the rest (Python between
+the units). Times are per-step means; steps of different batch sizes may be mixed.
+
+Profiling costs nothing while it is off: the timing runner is put on the model only for the
+duration of a profiled step, and the ordinary path reads no clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import backend
+from .layers import Affine, Conv2d, Layer, Sequential, _Pool2d
+
+__all__ = ["Profile", "Row", "scratch_bytes"]
+
+_OPENMP = bool(backend.build_info()["openmp"])
+
+
+# ----------------------------------------------------------------------------------------
+# im2col workspace
+# ----------------------------------------------------------------------------------------
+
+# The native convolution's workspace rule, restated from csrc/conv2d.cpp (constants and
+# decisions alike); tests/test_profile.py pins its results for worked shapes. Each thread
+# that runs a piece of the convolution holds two buffers: slot 0, a tile of col (K, t)
+# (in the backward also dcol, and for the fused kernel a (FN, t) tile of masked dout), and
+# slot 1, the padded input rows one im2col/col2im task reads.
+_SCRATCH_BYTES = 1 << 20
+_MAX_GROUPS = 8
+_PARTIAL_BYTES = 32 << 20
+_MIN_ELEMENTS_PER_THREAD = 1 << 14
+_MIN_MACS_PER_THREAD = float(1 << 20)
+_IMAGE_BLOCKS = 8
+
+
+def _min_items(elements_per_item: int) -> int:
+    return max(1, _MIN_ELEMENTS_PER_THREAD // max(1, elements_per_item))
+
+
+def _min_items_macs(macs_per_item: float) -> int:
+    m = _MIN_MACS_PER_THREAD / max(1.0, macs_per_item)
+    return 1 << 50 if m >= 1e15 else max(1, int(m))
+
+
+def _team(n: int, min_per_thread: int, threads: int) -> int:
+    """How many threads a parallel_for(n, body, min_per_thread) that is not nested runs on:
+    OpenMP's static schedule gives iterations to threads 0 .. min(n, threads) - 1."""
+    return min(n, threads) if n >= 2 * min_per_thread else 1
+
+
+def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx) -> int:
+    N, C, H, W = shape
+    if N == 0:
+        return 0
+    OH, OW = (H + 2 * pad - FH) // stride + 1, (W + 2 * pad - FW) // stride + 1
+    K, P = C * FH * FW, OH * OW
+    direct = FH == 1 and FW == 1 and stride == 1 and pad == 0  # col is x itself
+
+    # plan(): output pixels per tile, whole output rows where they fit.
+    L = max(1, _SCRATCH_BYTES // itemsize // max(1, K + FN))
+    if P <= L:
+        tile = P
+    elif OW <= L:
+        rows = L // OW
+        tiles = -(-OH // rows)
+        tile = -(-OH // tiles) * OW
+    else:
+        tiles = -(-P // L)
+        tile = -(-P // tiles)
+    last = (-(-P // tile) - 1) * tile
+    pieces = [(0, tile), (last, P - last)]  # every other tile is like the first
+
+    Wp = W + 2 * pad
+
+    def padded_rows(p0, t) -> int:
+        if p0 % OW or t % OW:
+            return 0
+        nbytes = ((t // OW - 1) * stride + FH) * Wp * itemsize
+        return nbytes if nbytes <= _SCRATCH_BYTES else 0
+
+    # Largest request per thread and slot: the buffers are kept per thread and grow to it.
+    slot0, slot1 = [0] * threads, [0] * threads
+
+    def use(slot, team, nbytes):
+        for j in range(team):
+            slot[j] = max(slot[j], nbytes)
+
+    # forward: each image on one thread (im2col nested, so on that thread too), or a lone
+    # image on the caller with im2col's channels spread over the team.
+    col = 0 if direct else K * tile * itemsize
+    if N == 1:
+        use(slot0, 1, col)
+        if not direct:
+            for p0, t in pieces:
+                use(slot1, _team(C, _min_items(FH * FW * t), threads), padded_rows(p0, t))
+    else:
+        team = _team(N, _min_items_macs(float(FN) * float(K) * float(P)), threads)
+        use(slot0, team, col)
+        if not direct:
+            use(slot1, team, max(padded_rows(p0, t) for p0, t in pieces))
+
+    # backward: G image groups each on one thread, or (G = 1) images in turn on the caller
+    # with im2col over channels and col2im over blocks of channels spread over the team.
+    work = ((0 if direct else K * tile) + (FN * tile if fused else 0)) * itemsize
+    groups = max(1, min(min(N, _MAX_GROUPS), int(_PARTIAL_BYTES / float(FN * K * itemsize))))
+    if groups == 1:
+        use(slot0, 1, work)
+        blocks = min(C, _IMAGE_BLOCKS)
+        for p0, t in pieces:
+            if direct:
+                continue
+            use(slot1, _team(C, _min_items(FH * FW * t), threads), padded_rows(p0, t))
+            if dx:
+                macs = float(FN) * float(K) * float(t) * 2.0 / float(blocks)
+                use(slot1, _team(blocks, _min_items_macs(macs), threads), padded_rows(p0, t))
+    else:
+        macs = float(FN * K) * float(P) * (2.0 if dx else 1.0) * float(N) / float(groups)
+        team = _team(groups, _min_items_macs(macs), threads)
+        use(slot0, team, work)
+        if not direct:
+            use(slot1, team, max(padded_rows(p0, t) for p0, t in pieces))
+    return sum(slot0) + sum(slot1)
+
+
+def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused_relu: bool = False, *,
+                  backend_name: str | None = None, threads: int | None = None) -> int:
+    """Bytes of im2col workspace ``layer``'s forward and backward use for an input of
+    ``input_shape``; 0 for layers that have none (everything but Conv2d).
+
+    The NumPy oracle builds the whole batch's col, N·OH·OW·C·FH·FW elements. The native
+    kernel works in tiles of at most 1 MiB per thread (plus at most 1 MiB of padded input
+    rows), on the threads its parallel loops actually use for this shape: the sum over
+    those threads of the largest buffers the layer asks of them. The native buffers are
+    kept per thread across calls, so a process holds the per-thread maximum over all
+    convolutions, not the sum of the rows. The native backward's per-group dW partial
+    sums are not im2col workspace and are not counted. ``backend_name`` and ``threads``
+    default to the active backend and thread count.
+    """
+    if not isinstance(layer, Conv2d):
+        return 0
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 4:
+        raise ValueError(f"scratch_bytes: {layer._tag()} takes (N, C, H, W) input; got shape {shape}")
+    name = backend.get_backend() if backend_name is None else backend_name
+    itemsize = layer.dtype.itemsize
+    (FH, FW), stride, pad = layer.kernel_size, layer.stride, layer.padding
+    native = name == "native" and backend.coverage()["conv2d_forward"]
+    if not native:
+        N, C, H, W = shape
+        _, OH, OW = layer.output_shape((C, H, W))
+        return N * OH * OW * C * FH * FW * itemsize
+    threads = (backend.get_num_threads() if threads is None else int(threads)) if _OPENMP else 1
+    return _native_conv_scratch(
+        shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), fused_relu, layer.needs_input_grad
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------
+
+
+def _describe(layer: Layer) -> str:
+    if isinstance(layer, Conv2d):
+        FH, FW = layer.kernel_size
+        extra = (f", stride {layer.stride}" if layer.stride != 1 else "") + (
+            f", pad {layer.padding}" if layer.padding else ""
+        )
+        return f"Conv2d({layer.in_channels}→{layer.out_channels}, {FH}x{FW}{extra})"
+    if isinstance(layer, Affine):
+        return f"Affine({layer.in_features}→{layer.out_features})"
+    if isinstance(layer, _Pool2d):
+        (PH, PW), stride, pad = layer.kernel_size, layer.stride, layer.padding
+        extra = (f", stride {stride}" if stride != PH or PH != PW else "") + (f", pad {pad}" if pad else "")
+        return f"{type(layer).__name__}({PH}x{PW}{extra})"
+    return layer._tag()
+
+
+class _Unit:
+    """Accumulated totals of one row."""
+
+    __slots__ = ("name", "layer", "fused", "fwd_ns", "bwd_ns", "fwd_flops", "bwd_flops", "scratch", "shape", "_memo")
+
+    def __init__(self, name: str, layer: Layer | None = None, fused: bool = False):
+        self.name, self.layer, self.fused = name, layer, fused
+        self.fwd_ns = self.bwd_ns = 0
+        self.fwd_flops = self.bwd_flops = 0
+        self.scratch = 0
+        self.shape: tuple | None = None
+        self._memo: dict = {}
+
+    def counted(self, shape: tuple, context: tuple) -> tuple[int, int]:
+        """Records a forward on ``shape`` and returns its (forward, backward) FLOPs, computed
+        once per shape and setting rather than on every step."""
+        self.shape = shape
+        key = (shape, self.layer.needs_input_grad, context)
+        hit = self._memo.get(key)
+        if hit is None:
+            try:
+                flops = self.layer.flops(shape)
+            except NotImplementedError:  # a nested container: its children are not split out
+                flops = (0, 0)
+            scratch = scratch_bytes(self.layer, shape, self.fused, backend_name=context[0], threads=context[1])
+            hit = self._memo[key] = (flops, scratch)
+        self.scratch = max(self.scratch, hit[1])
+        return hit[0]
+
+
+class _TimedRunner:
+    """Sequential's plan runner (layers._PlanRunner) with a clock around every unit."""
+
+    def __init__(self, profile: Profile, context: tuple):
+        self.profile, self.context = profile, context
+
+    def _unit(self, index, layer, fused) -> _Unit:
+        units = self.profile._units
+        unit = units.get((index, fused))
+        if unit is None or unit.layer is not layer:
+            name = f"{'' if index is None else f'{index} '}{_describe(layer)}{'+ReLU' if fused else ''}"
+            unit = units[(index, fused)] = _Unit(name, layer, fused)
+        return unit
+
+    def forward(self, units, x, train):
+        clock = time.perf_counter_ns
+        for index, layer, fused in units:
+            unit = self._unit(index, layer, fused)
+            start = clock()
+            y = layer.forward_relu(x, train) if fused else layer.forward(x, train)
+            unit.fwd_ns += clock() - start
+            unit.fwd_flops += unit.counted(x.shape, self.context)[0]
+            x = y
+        return x
+
+    def backward(self, units, dout):
+        clock = time.perf_counter_ns
+        for index, layer, fused in reversed(units):
+            unit = self._unit(index, layer, fused)
+            start = clock()
+            dout = layer.backward(dout)
+            unit.bwd_ns += clock() - start
+            unit.bwd_flops += unit.counted(unit.shape, self.context)[1]
+            if dout is None:
+                break
+        return dout
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a profile, as means per step. ``forward_ms`` and ``backward_ms`` are None
+    for the optimizer update, which is neither; ``share`` is the fraction of the step time."""
+
+    name: str
+    forward_ms: float | None
+    backward_ms: float | None
+    ms: float
+    share: float
+    forward_flops: float
+    backward_flops: float
+    scratch_bytes: int
+
+    @property
+    def gflops(self) -> float | None:
+        """GFLOP/s over forward and backward together; None where no FLOPs are counted."""
+        flops = self.forward_flops + self.backward_flops
+        return flops / (self.ms * 1e6) if flops and self.ms > 0 else None
+
+
+class Profile:
+    """Times training steps of ``model`` (usually a Sequential) layer by layer.
+
+    ``train_step(x, t)`` runs one step exactly as ``Trainer.train_step`` does (same kernels,
+    same order, so the same numbers) and adds its timings; ``reset()`` forgets them (after a
+    warm-up, say). ``rows``, ``step_ms``, ``other_ms``, ``table()`` and ``as_dict()`` report
+    per-step means over the steps so far.
+    """
+
+    def __init__(self, model: Layer, loss, optimizer):
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.samples = 0
+        self._step_ns = 0
+        self._units: dict[tuple, _Unit] = {}
+        self._loss = _Unit(f"loss {type(self.loss).__name__}")
+        self._update = _Unit(f"update {type(self.optimizer).__name__}")
+        self._contexts: dict[tuple, None] = {}
+
+    def train_step(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+        """Forward, backward and one optimizer update on one batch, timed; returns (loss, scores)."""
+        model, loss_fn, opt = self.model, self.loss, self.optimizer
+        context = (backend.get_backend(), backend.get_num_threads())
+        runner = _TimedRunner(self, context)
+        sequential = isinstance(model, Sequential)
+        if sequential:
+            if "_runner" in vars(model):
+                raise RuntimeError("Profile.train_step: the model is already being profiled")
+            model._runner = runner
+        clock = time.perf_counter_ns
+        try:
+            t0 = clock()
+            opt.zero_grad()
+            t1 = clock()
+            if sequential:
+                scores = model.forward(x, train=True)
+            else:
+                scores = runner.forward([(None, model, False)], x, True)
+            t2 = clock()
+            loss = loss_fn.forward(scores, t) + opt.penalty()
+            t3 = clock()
+            dscores = loss_fn.backward()
+            t4 = clock()
+            if sequential:
+                model.backward(dscores)
+            else:
+                runner.backward([(None, model, False)], dscores)
+            t5 = clock()
+            opt.step()
+            t6 = clock()
+        finally:
+            if sequential:
+                del model._runner
+        self.steps += 1
+        self.samples += len(x)
+        self._step_ns += t6 - t0
+        self._loss.fwd_ns += t3 - t2
+        self._loss.bwd_ns += t4 - t3
+        self._update.fwd_ns += (t1 - t0) + (t6 - t5)
+        self._contexts[context] = None
+        return loss, scores
+
+    # -- report --------------------------------------------------------------------------
+    @property
+    def step_ms(self) -> float:
+        """Mean wall time of a step, in milliseconds."""
+        return self._step_ns / self.steps / 1e6 if self.steps else 0.0
+
+    @property
+    def rows(self) -> list[Row]:
+        """The plan's units in order, then the loss, then the optimizer update."""
+        if not self.steps:
+            return []
+        n, step = self.steps, self._step_ns
+        units = sorted(self._units.items(), key=lambda kv: (-1 if kv[0][0] is None else kv[0][0], kv[0][1]))
+        rows = []
+        for _, u in [*units, (None, self._loss)]:
+            rows.append(Row(u.name, u.fwd_ns / n / 1e6, u.bwd_ns / n / 1e6, (u.fwd_ns + u.bwd_ns) / n / 1e6,
+                            (u.fwd_ns + u.bwd_ns) / step if step else 0.0, u.fwd_flops / n, u.bwd_flops / n,
+                            u.scratch))
+        u = self._update
+        rows.append(Row(u.name, None, None, u.fwd_ns / n / 1e6, u.fwd_ns / step if step else 0.0, 0.0, 0.0, 0))
+        return rows
+
+    @property
+    def other_ms(self) -> float:
+        """Step time outside every row (Python between the units), per step; never negative."""
+        if not self.steps:
+            return 0.0
+        inside = sum(u.fwd_ns + u.bwd_ns for u in [*self._units.values(), self._loss, self._update])
+        return (self._step_ns - inside) / self.steps / 1e6
+
+    def _setting(self) -> str:
+        return "; ".join(f"backend {b}, {t} thread{'s' if t != 1 else ''}" for b, t in self._contexts)
+
+    def as_dict(self) -> dict:
+        """The profile as JSON-ready data: per-step means, the rows (with ``gflops``) and the
+        backend and thread count settings the steps ran under."""
+        rows = []
+        for r in self.rows:
+            d = asdict(r)
+            d["gflops"] = r.gflops
+            rows.append(d)
+        return {
+            "steps": self.steps,
+            "samples": self.samples,
+            "step_ms": self.step_ms,
+            "other_ms": self.other_ms,
+            "settings": [{"backend": b, "threads": t} for b, t in self._contexts],
+            "rows": rows,
+        }
+
+    def table(self) -> str:
+        """The rows as a text table, then "other" and the step total."""
+        if not self.steps:
+            return "no steps profiled"
+        rows = self.rows
+        step = self.step_ms
+
+        def ms(v):
+            return "-" if v is None else f"{v:.3f}"
+
+        def rate(v):
+            return "-" if v is None else f"{v:.1f}"
+
+        lines = [(r.name, ms(r.forward_ms), ms(r.backward_ms), ms(r.ms), f"{100 * r.share:.1f}", rate(r.gflops),
+                  _bytes(r.scratch_bytes)) for r in rows]
+        lines.append(("other", "", "", ms(self.other_ms), f"{100 * self.other_ms / step:.1f}" if step else "-", "", ""))
+        fwd = sum(r.forward_ms or 0.0 for r in rows)
+        bwd = sum(r.backward_ms or 0.0 for r in rows)
+        flops = sum(r.forward_flops + r.backward_flops for r in rows)
+        total_rate = rate(flops / (step * 1e6) if flops and step > 0 else None)
+        total = ("step", ms(fwd), ms(bwd), ms(step), "100.0", total_rate, "")
+        header = ("layer", "fwd ms", "bwd ms", "ms", "% step", "GFLOP/s", "scratch")
+        widths = [max(len(line[i]) for line in [header, total, *lines]) for i in range(len(header))]
+
+        def fmt(line):
+            return "  ".join([line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]).rstrip()
+
+        rule = "-" * len(fmt(header))
+        per_step = self.samples / self.steps
+        batch = f"{per_step:g} samples" if per_step == int(per_step) else f"{per_step:.1f} samples on average"
+        footer = f"mean of {self.steps} step{'s' if self.steps != 1 else ''} of {batch}; {self._setting()}"
+        return "\n".join([fmt(header), rule, *map(fmt, lines), rule, fmt(total), footer])
+
+
+def _bytes(n: int) -> str:
+    if not n:
+        return "-"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1 << 20):.1f} MiB"
