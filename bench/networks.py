@@ -87,6 +87,7 @@ def batch(n: int):
 
 def fastlayers_step(name: str):
     model = build(name)
+    model.needs_input_grad = False  # as Trainer does, and as PyTorch skips the input's gradient
     loss, opt = losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters())
 
     def step(x, t):

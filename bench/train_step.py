@@ -34,6 +34,7 @@ def batch(n: int):
 
 def step_fn(name: str, fuse: bool = True):
     model = NETWORKS[name]()
+    model.needs_input_grad = False  # as Trainer does: the input's gradient is never used
     model.fuse = fuse
     model.set_rng(np.random.default_rng(0))
     loss, opt = losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters())

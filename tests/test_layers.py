@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fastlayers import backend
+from fastlayers import backend, models
 from fastlayers import layers as L
 from fastlayers import losses
 from fastlayers.numerical import numerical_gradient
@@ -549,19 +549,28 @@ def test_loss_config_round_trip():
         losses.MeanSquaredError().backward()
 
 
-@pytest.mark.parametrize("name", ["native", "numpy"])
-def test_fused_relu_pairs_give_the_unfused_numbers(name):
-    """Sequential(fuse=True) runs Conv2d/Affine/BatchNorm + ReLU as one kernel; the fused
-    kernels only apply the ReLU inside the layer's own kernel, so every number is the same."""
-    from fastlayers import models
+FUSIBLE = {
+    "deep_cnn_bn": lambda: models.deep_cnn(seed=0, batchnorm=True, dropout=0.0),
+    "deep_cnn": lambda: models.deep_cnn(seed=0, dropout=0.0),
+    "simple_cnn": lambda: models.simple_cnn(seed=0),
+}
 
+
+@pytest.mark.parametrize("net", list(FUSIBLE))
+@pytest.mark.parametrize("name", ["native", "numpy"])
+def test_fused_relu_pairs_give_the_unfused_numbers(name, net):
+    """Sequential(fuse=True) runs Conv2d/Affine/BatchNorm + ReLU (and Conv2d + ReLU + MaxPool2d)
+    as one kernel; the fused kernels make the unfused kernels' calls inside one, so every
+    number is the same."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
     dout = rng.standard_normal((3, 10)).astype(np.float32)
     results = {}
     with backend.use(name):
         for fuse in (True, False):
-            model = models.deep_cnn(seed=0, batchnorm=True, dropout=0.0)
+            model = FUSIBLE[net]()
+            if fuse and net != "deep_cnn_bn":
+                assert any(len(absorbed) == 2 for _, _, absorbed in model._units())
             model.fuse = fuse
             out = model.forward(x, train=True)
             dx = model.backward(dout)

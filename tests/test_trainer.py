@@ -134,3 +134,11 @@ def test_predict_restores_each_layers_mode():
     trainer = Trainer(model, losses.SoftmaxCrossEntropy(), optim.SGD(model.parameters()), verbose=False)
     trainer.predict(np.zeros((5, 4), np.float32))
     assert [m.training for m in model.modules()] == [True, True, False, True]
+
+
+def test_the_trainer_turns_off_the_input_gradient():
+    trainer, rec, x, t = make(n=50)
+    assert trainer.model.needs_input_grad is False
+    assert trainer.model.layers[0].needs_input_grad is False
+    trainer.fit(x, t, epochs=1, batch_size=25)
+    assert trainer.model.backward(np.ones((25, 3), np.float32)) is None

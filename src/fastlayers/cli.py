@@ -197,6 +197,7 @@ def _profile(args) -> int:
         backend.set_num_threads(args.threads)
     # mlp's default is the textbook's five hidden layers of 100; its first Affine flattens the images.
     model = get_model(args.model, seed=args.seed, **({"batchnorm": True} if args.batchnorm else {}))
+    model.needs_input_grad = False  # as Trainer: training never reads the input's gradient
     rng = np.random.default_rng(args.seed)
     x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
     t = rng.integers(0, 10, size=args.batch)

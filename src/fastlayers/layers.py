@@ -122,8 +122,10 @@ class Layer:
 
     # Layers that can apply a following ReLU inside their own kernel (Affine, Conv2d,
     # BatchNorm) set this and implement ``forward_relu``; Sequential then runs such a pair as
-    # one call, which saves a full pass over the activations in each direction.
+    # one call, which saves a full pass over the activations in each direction. Conv2d can
+    # also take a MaxPool2d after the ReLU (``fuses_relu_maxpool``, ``forward_fused``).
     fuses_relu: bool = False
+    fuses_relu_maxpool: bool = False
 
     def forward_relu(self, x, train=None) -> np.ndarray:
         """``max(forward(x), 0)`` in one kernel; the next ``backward`` then takes the gradient
@@ -286,6 +288,10 @@ class _FusesReLU(Layer):
     def forward_relu(self, x, train=None):
         return self._forward(x, train, relu=True)
 
+    def forward_fused(self, x, train, absorbed):
+        """This layer followed by the layers in ``absorbed`` (the ReLU after it), in one kernel."""
+        return self.forward_relu(x, train)
+
 
 class _WeightBias(_FusesReLU):
     """A weight ``W`` (decayed by default) and an optional bias ``b`` of one entry per output."""
@@ -404,7 +410,9 @@ class Conv2d(_WeightBias):
         (FH, FW), s, p = self.kernel_size, self.stride, self.padding
         return self.out_channels, _out_size(H, FH, s, p), _out_size(W, FW, s, p)
 
-    def _forward(self, x, train, relu: bool):
+    fuses_relu_maxpool = True
+
+    def _checked(self, x):
         x = self._input(x)
         _check_images(self, x)
         N, C, H, W = x.shape
@@ -415,19 +423,44 @@ class Conv2d(_WeightBias):
             raise ValueError(
                 f"{self._tag()}: input {H}x{W} with padding {p} is smaller than the {FH}x{FW} filter"
             )
-        _, OH, OW = self.output_shape((C, H, W))
-        out = np.empty((N, self.out_channels, OH, OW), self.dtype)
+        return x, (N, *self.output_shape((C, H, W)))
+
+    def _forward(self, x, train, relu: bool):
+        x, shape = self._checked(x)
+        out = np.empty(shape, self.dtype)
         k = backend.kernels()
-        (k.conv2d_relu_forward if relu else k.conv2d_forward)(out, x, self.W.data, self._bias()[0], self.stride, p)
-        self._cache = (x, out, relu)
+        (k.conv2d_relu_forward if relu else k.conv2d_forward)(
+            out, x, self.W.data, self._bias()[0], self.stride, self.padding
+        )
+        self._cache = (x, out, relu, None)
+        return out
+
+    def forward_fused(self, x, train, absorbed):
+        """With ``absorbed`` = (ReLU, MaxPool2d) the whole conv-relu-pool block runs as one kernel
+        (``conv2d_relu_maxpool2d_forward``): the convolution's output is never stored, only the
+        pooled one, which is the block's output."""
+        if len(absorbed) == 1:
+            return self.forward_relu(x, train)
+        pool = absorbed[1]
+        x, shape = self._checked(x)
+        pooled, (PH, PW) = pool._output(shape), pool.kernel_size
+        out, argmax = np.empty(pooled, self.dtype), np.empty(pooled, np.int64)
+        backend.kernels().conv2d_relu_maxpool2d_forward(
+            out, argmax, x, self.W.data, self._bias()[0], self.stride, self.padding, PH, PW, pool.stride, pool.padding
+        )
+        self._cache = (x, out, True, argmax)
         return out
 
     def backward(self, dout):
-        x, out, relu = self._cached(self._cache)
+        x, out, relu, argmax = self._cached(self._cache)
         dout = self._dout(dout, out)
         dx = np.empty_like(x) if self.needs_input_grad else None
         k = backend.kernels()
-        if relu:
+        if argmax is not None:
+            k.conv2d_relu_maxpool2d_backward(
+                dx, self.W.grad, self._bias()[1], dout, x, self.W.data, out, argmax, self.stride, self.padding
+            )
+        elif relu:
             k.conv2d_relu_backward(
                 dx, self.W.grad, self._bias()[1], dout, x, self.W.data, out, self.stride, self.padding
             )
@@ -482,14 +515,18 @@ class _Pool2d(Layer):
         (PH, PW), s, p = self.kernel_size, self.stride, self.padding
         return C, _out_size(H, PH, s, p), _out_size(W, PW, s, p)
 
+    def _output(self, shape) -> tuple[int, int, int, int]:
+        """(N, C, OH, OW) for an (N, C, H, W) input, which must hold the window."""
+        (PH, PW), p = self.kernel_size, self.padding
+        H, W = shape[2:]
+        if H + 2 * p < PH or W + 2 * p < PW:
+            raise ValueError(f"{self._tag()}: input {H}x{W} with padding {p} is smaller than the {PH}x{PW} window")
+        return (shape[0], *self.output_shape(shape[1:]))
+
     def _checked(self, x):
         x = self._input(x)
         _check_images(self, x)
-        (PH, PW), p = self.kernel_size, self.padding
-        H, W = x.shape[2:]
-        if H + 2 * p < PH or W + 2 * p < PW:
-            raise ValueError(f"{self._tag()}: input {H}x{W} with padding {p} is smaller than the {PH}x{PW} window")
-        C, OH, OW = self.output_shape(x.shape[1:])
+        _, C, OH, OW = self._output(x.shape)
         return x, (x.shape[0], C, OH, OW)
 
     def _tag(self):
@@ -987,8 +1024,8 @@ class _PlanRunner:
 
     @staticmethod
     def forward(units, x, train):
-        for _, layer, fused in units:
-            x = layer.forward_relu(x, train) if fused else layer.forward(x, train)
+        for _, layer, absorbed in units:
+            x = layer.forward_fused(x, train, absorbed) if absorbed else layer.forward(x, train)
         return x
 
     @staticmethod
@@ -1004,9 +1041,11 @@ class Sequential(Layer):
     """Layers applied in order; parameters are named "<index>.<name>" ("2.1.W" when nested).
 
     With ``fuse=True`` (the default) an Affine, Conv2d or BatchNorm directly followed by a
-    ReLU runs as one fused kernel (``affine_relu_forward`` and friends): the same numbers,
-    one pass over the activations fewer in each direction. The ReLU layer object is then
-    skipped. ``fuse=False`` runs every layer on its own.
+    ReLU runs as one fused kernel (``affine_relu_forward`` and friends), and a Conv2d, ReLU,
+    MaxPool2d block as one kernel (``conv2d_relu_maxpool2d_forward``) that never stores the
+    convolution's output: the same numbers, bit for bit, with fewer passes over the
+    activations in each direction. The absorbed layer objects are then skipped.
+    ``fuse=False`` runs every layer on its own.
     """
 
     _runner = _PlanRunner()
@@ -1018,7 +1057,7 @@ class Sequential(Layer):
         self.layers: list[Layer] = list(layers)
         self.fuse = bool(fuse)
         self._needs_input_grad = True
-        self._plan: list[tuple[int, Layer, bool]] = []
+        self._plan: list[tuple[int, Layer, tuple[Layer, ...]]] = []
 
     @property
     def needs_input_grad(self) -> bool:
@@ -1031,15 +1070,19 @@ class Sequential(Layer):
         if self.layers:
             self.layers[0].needs_input_grad = bool(value)
 
-    def _units(self) -> list[tuple[int, Layer, bool]]:
-        """The execution plan: (index in ``layers``, layer, whether it runs the next ReLU fused)."""
+    def _units(self) -> list[tuple[int, Layer, tuple[Layer, ...]]]:
+        """The execution plan: (index in ``layers``, layer, the layers after it that its kernel
+        runs too: () alone, (ReLU,), or for a Conv2d (ReLU, MaxPool2d))."""
         layers, units = self.layers, []
         i, n = 0, len(layers)
         while i < n:
-            layer = layers[i]
-            fused = self.fuse and layer.fuses_relu and i + 1 < n and type(layers[i + 1]) is ReLU
-            units.append((i, layer, fused))
-            i += 2 if fused else 1
+            layer, absorbed = layers[i], ()
+            if self.fuse and layer.fuses_relu and i + 1 < n and type(layers[i + 1]) is ReLU:
+                absorbed = (layers[i + 1],)
+                if layer.fuses_relu_maxpool and i + 2 < n and type(layers[i + 2]) is MaxPool2d:
+                    absorbed += (layers[i + 2],)
+            units.append((i, layer, absorbed))
+            i += 1 + len(absorbed)
         return units
 
     def forward(self, x, train=None):

@@ -69,6 +69,7 @@ def _team(n: int, min_per_thread: int, threads: int) -> int:
 
 
 def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx) -> int:
+    # fused: 0 (conv alone), 1 (conv + ReLU), 2 (conv + ReLU + max pooling).
     N, C, H, W = shape
     if N == 0:
         return 0
@@ -105,26 +106,34 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
         for j in range(team):
             slot[j] = max(slot[j], nbytes)
 
+    # With the pooling fused, each thread that runs an image also holds its whole
+    # convolution output (slot 2, forward) or the gradient routed back to it (backward).
+    slot2 = [0] * threads
+    image_bytes = FN * P * itemsize if fused >= 2 else 0
+
     # forward: each image on one thread (im2col nested, so on that thread too), or a lone
     # image on the caller with im2col's channels spread over the team.
     col = 0 if direct else K * tile * itemsize
     if N == 1:
         use(slot0, 1, col)
+        use(slot2, 1, image_bytes)
         if not direct:
             for p0, t in pieces:
                 use(slot1, _team(C, _min_items(FH * FW * t), threads), padded_rows(p0, t))
     else:
         team = _team(N, _min_items_macs(float(FN) * float(K) * float(P)), threads)
         use(slot0, team, col)
+        use(slot2, team, image_bytes)
         if not direct:
             use(slot1, team, max(padded_rows(p0, t) for p0, t in pieces))
 
     # backward: G image groups each on one thread, or (G = 1) images in turn on the caller
     # with im2col over channels and col2im over blocks of channels spread over the team.
-    work = ((0 if direct else K * tile) + (FN * tile if fused else 0)) * itemsize
+    work = ((0 if direct else K * tile) + (FN * tile if fused == 1 else 0)) * itemsize
     groups = max(1, min(min(N, _MAX_GROUPS), int(_PARTIAL_BYTES / float(FN * K * itemsize))))
     if groups == 1:
         use(slot0, 1, work)
+        use(slot2, 1, image_bytes)
         blocks = min(C, _IMAGE_BLOCKS)
         for p0, t in pieces:
             if direct:
@@ -137,15 +146,18 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
         macs = float(FN * K) * float(P) * (2.0 if dx else 1.0) * float(N) / float(groups)
         team = _team(groups, _min_items_macs(macs), threads)
         use(slot0, team, work)
+        use(slot2, team, image_bytes)
         if not direct:
             use(slot1, team, max(padded_rows(p0, t) for p0, t in pieces))
-    return sum(slot0) + sum(slot1)
+    return sum(slot0) + sum(slot1) + sum(slot2)
 
 
-def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused_relu: bool = False, *,
+def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *,
                   backend_name: str | None = None, threads: int | None = None) -> int:
     """Bytes of im2col workspace ``layer``'s forward and backward use for an input of
-    ``input_shape``; 0 for layers that have none (everything but Conv2d).
+    ``input_shape``; 0 for layers that have none (everything but Conv2d). ``fused`` is how
+    many layers after it its kernel runs too: 1 for the ReLU, 2 for ReLU and max pooling
+    (the native fused block then also keeps one image's convolution output per thread).
 
     The NumPy oracle builds the whole batch's col, N·OH·OW·C·FH·FW elements. The native
     kernel works in tiles of at most 1 MiB per thread (plus at most 1 MiB of padded input
@@ -171,7 +183,7 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused_relu: bool = F
         return N * OH * OW * C * FH * FW * itemsize
     threads = (backend.get_num_threads() if threads is None else int(threads)) if _OPENMP else 1
     return _native_conv_scratch(
-        shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), fused_relu, layer.needs_input_grad
+        shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad
     )
 
 
@@ -201,7 +213,7 @@ class _Unit:
 
     __slots__ = ("name", "layer", "fused", "fwd_ns", "bwd_ns", "fwd_flops", "bwd_flops", "scratch", "shape", "_memo")
 
-    def __init__(self, name: str, layer: Layer | None = None, fused: bool = False):
+    def __init__(self, name: str, layer: Layer | None = None, fused: int = 0):
         self.name, self.layer, self.fused = name, layer, fused
         self.fwd_ns = self.bwd_ns = 0
         self.fwd_flops = self.bwd_flops = 0
@@ -232,20 +244,23 @@ class _TimedRunner:
     def __init__(self, profile: Profile, context: tuple):
         self.profile, self.context = profile, context
 
-    def _unit(self, index, layer, fused) -> _Unit:
+    def _unit(self, index, layer, absorbed) -> _Unit:
         units = self.profile._units
-        unit = units.get((index, fused))
+        key = (index, len(absorbed))
+        unit = units.get(key)
         if unit is None or unit.layer is not layer:
-            name = f"{'' if index is None else f'{index} '}{_describe(layer)}{'+ReLU' if fused else ''}"
-            unit = units[(index, fused)] = _Unit(name, layer, fused)
+            name = "".join([
+                "" if index is None else f"{index} ", _describe(layer), *("+" + _describe(a) for a in absorbed)
+            ])
+            unit = units[key] = _Unit(name, layer, len(absorbed))
         return unit
 
     def forward(self, units, x, train):
         clock = time.perf_counter_ns
-        for index, layer, fused in units:
-            unit = self._unit(index, layer, fused)
+        for index, layer, absorbed in units:
+            unit = self._unit(index, layer, absorbed)
             start = clock()
-            y = layer.forward_relu(x, train) if fused else layer.forward(x, train)
+            y = layer.forward_fused(x, train, absorbed) if absorbed else layer.forward(x, train)
             unit.fwd_ns += clock() - start
             unit.fwd_flops += unit.counted(x.shape, self.context)[0]
             x = y
@@ -253,8 +268,8 @@ class _TimedRunner:
 
     def backward(self, units, dout):
         clock = time.perf_counter_ns
-        for index, layer, fused in reversed(units):
-            unit = self._unit(index, layer, fused)
+        for index, layer, absorbed in reversed(units):
+            unit = self._unit(index, layer, absorbed)
             start = clock()
             dout = layer.backward(dout)
             unit.bwd_ns += clock() - start
@@ -325,7 +340,7 @@ class Profile:
             if sequential:
                 scores = model.forward(x, train=True)
             else:
-                scores = runner.forward([(None, model, False)], x, True)
+                scores = runner.forward([(None, model, ())], x, True)
             t2 = clock()
             loss = loss_fn.forward(scores, t) + opt.penalty()
             t3 = clock()
@@ -334,7 +349,7 @@ class Profile:
             if sequential:
                 model.backward(dscores)
             else:
-                runner.backward([(None, model, False)], dscores)
+                runner.backward([(None, model, ())], dscores)
             t5 = clock()
             opt.step()
             t6 = clock()

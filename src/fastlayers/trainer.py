@@ -43,12 +43,17 @@ class Trainer:
     im2col workspace over all steps of ``fit`` (``trainer.profile.table()``,
     ``.as_dict()``), and a verbose ``fit`` prints the table at the end. The numbers trained
     are the same either way. Without it ``trainer.profile`` is None.
+
+    The trainer sets ``model.needs_input_grad = False``: nothing uses the gradient with
+    respect to the input images, so the first layer does not compute it.
     """
 
     def __init__(
         self, model, loss, optimizer, seed: int | None = 0, verbose: bool | None = None, profile: bool = False
     ):
         self.model = model
+        # For a CNN the input gradient is a whole GEMM and col2im per step that nobody reads.
+        model.needs_input_grad = False
         self.loss = loss
         self.optimizer = optimizer
         self.verbose = verbose
