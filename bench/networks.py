@@ -15,9 +15,10 @@ the timings would not compare the same computation.
 
 Timing: every configuration first runs ``--warmup`` steps. Then the configurations take turns
 in rounds of ``--block`` steps each, so that a slow moment of this shared machine hits them
-all alike. The first step of each block is discarded: it pays for the previous library's
-idle threads still holding the cores (NumPy's OpenBLAS and PyTorch's OpenMP both spin for a
-while after their last call), which a training run never sees. The table gives the median
+all alike. Before each block the script sleeps ``--settle`` seconds and the block's first
+step is discarded: the previous library's idle threads keep spinning on the cores for a while
+after its last call (NumPy's OpenBLAS for up to ~0.1 s, PyTorch's OpenMP too), which a
+training run, one library at a time, never sees. The table gives the median
 and the 10th-90th percentile spread of the kept steps.
 """
 
@@ -42,13 +43,15 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=8, help="rounds of taking turns (default 8)")
     p.add_argument("--block", type=int, default=6, help="steps per configuration per round, the first discarded")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="seconds of sleep before each block, for the previous library's threads to stop spinning")
     p.add_argument("--quick", action="store_true", help="2 rounds of 3 steps, 1 warm-up step: checks that it works")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is installed")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--png", metavar="PATH", help="bar chart (needs matplotlib)")
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.block, args.warmup = 2, 3, 1
+        args.rounds, args.block, args.warmup, args.settle = 2, 3, 1, 0.0
     bad = [m for m in args.models.split(",") if m not in NETWORKS]
     if bad:
         p.error(f"unknown model(s) {', '.join(bad)}; expected {', '.join(NETWORKS)}")
@@ -168,6 +171,7 @@ def time_rounds(configs: dict, x, t, xt, tt, args) -> dict[str, list[float]]:
     kept: dict[str, list[float]] = {label: [] for label in configs}
     for _ in range(args.rounds):
         for label, step in configs.items():
+            time.sleep(args.settle)
             for i in range(args.block):
                 start = time.perf_counter()
                 run(label, step)

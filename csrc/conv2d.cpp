@@ -583,20 +583,19 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
     backward_images(dx, dW, db, g, pl, [&](i64 n, T* dWg, double* dbg, bool split) {
         Scratch<T, 2> scratch(FNP);
         T* gn = scratch.get();  // (FN, OH*OW)
+        Scratch<T, 3> masked_scratch(FN * PP);
+        T* masked = masked_scratch.get();  // (FN, POH*POW): dout where out > 0
+        // Every window that chose an element saw the same value there (out is that element),
+        // so masking each contribution masks the sum. The mask is a vectorised select of its
+        // own: inside the scatter loop GCC compiles it to a branch, which random signs
+        // mispredict half the time.
+        vm::relu_mask(masked, out + n * FN * PP, dout + n * FN * PP, FN * PP);
+        std::fill(gn, gn + FNP, T(0));
         for (i64 f = 0; f < FN; ++f) {
             T* plane = gn + f * P;
-            const i64 off = (n * FN + f) * PP;
-            const T* d = dout + off;
-            const T* o = out + off;
-            const std::int64_t* am = argmax + off;
-            std::fill(plane, plane + P, T(0));
-            // Every window that chose an element saw the same value there (out[q] is that
-            // element), so masking each contribution is masking the sum; as a select it
-            // has no branch to mispredict.
-            for (i64 q = 0; q < PP; ++q) {
-                const T v = d[q];
-                plane[am[q]] += o[q] > T(0) ? v : T(0);
-            }
+            const T* m = masked + f * PP;
+            const std::int64_t* am = argmax + (n * FN + f) * PP;
+            for (i64 q = 0; q < PP; ++q) plane[am[q]] += m[q];
         }
         backward_image<T, false>(dx ? dx + n * CHW : nullptr, dWg, dbg, gn, x + n * CHW, W, nullptr, g, pl, split);
     });
