@@ -27,7 +27,6 @@ import argparse
 import functools
 import json
 import math
-import os
 import time
 
 import numpy as np
@@ -36,6 +35,7 @@ import fastlayers
 from fastlayers import backend
 
 import shapes
+from machine import OtherLoad
 
 
 def kernel_table(name: str):
@@ -238,12 +238,8 @@ def main() -> None:
 
     info = fastlayers.build_info()
     threads = backend.get_num_threads()
-    # Other processes on the cores make a multi-threaded kernel wait for its descheduled
-    # threads (whole scheduler ticks, milliseconds); the load average tells the reader.
-    load = os.getloadavg()[0]
     print(f"fastlayers {fastlayers.__version__}, {threads} threads, BLAS {info['blas']} ({info['blas_core']}, "
-          f"{info['blas_threading']}), {shapes.DTYPE}, batch {shapes.BATCH}{', quick' if args.quick else ''}; "
-          f"load average {load:.2f} on {os.cpu_count()} cores")
+          f"{info['blas_threading']}), {shapes.DTYPE}, batch {shapes.BATCH}{', quick' if args.quick else ''}")
 
     sets = [s for n in networks for s in shapes.NETWORKS[n]]
     states = {s.name: prepare(s) for s in sets}
@@ -265,8 +261,6 @@ def main() -> None:
         "fastlayers": fastlayers.__version__,
         "build": {k: info[k] for k in ("compiler", "openmp", "blas", "blas_config", "blas_core", "blas_threading")},
         "threads": threads,
-        "cpu_count": os.cpu_count(),
-        "load_average": load,
         "dtype": shapes.DTYPE,
         "batch": shapes.BATCH,
         "networks": networks,
@@ -280,34 +274,35 @@ def main() -> None:
         write_json(args.json, report)
         raise SystemExit("validation failed: a native kernel does not compute what the oracle computes")
 
-    # The oracle's matrix products leave NumPy's OpenBLAS threads spinning for a moment; let
-    # them go idle before the native timings start.
-    time.sleep(0.5)
-    ceil = ceilings(args)
-    g, m, c = ceil["sgemm"], ceil["memcpy"], ceil["call"]
-    print("\nceilings, measured in this run")
-    print(f"  compute    {g['gflops']:8.1f} GFLOP/s  sgemm {args.gemm_size}^3 through native affine_forward "
-          f"({g['ms']:.1f} ms, iqr {g['iqr_pct']:.0f}%)")
-    print(f"  bandwidth  {m['gbps']:8.1f} GB/s     copy of {args.copy_mib} MiB through native identity_forward, "
-          f"bytes read + written ({m['ms']:.1f} ms, iqr {m['iqr_pct']:.0f}%)")
-    print(f"  call floor {c['us']:8.2f} us       native relu_forward on one float, the least a kernel call costs")
+    with OtherLoad() as load:
+        # The oracle's matrix products leave NumPy's OpenBLAS threads spinning for a moment;
+        # let them go idle before the native timings start.
+        time.sleep(0.5)
+        ceil = ceilings(args)
+        g, m, c = ceil["sgemm"], ceil["memcpy"], ceil["call"]
+        print("\nceilings, measured in this run")
+        print(f"  compute    {g['gflops']:8.1f} GFLOP/s  sgemm {args.gemm_size}^3 through native affine_forward "
+              f"({g['ms']:.1f} ms, iqr {g['iqr_pct']:.0f}%)")
+        print(f"  bandwidth  {m['gbps']:8.1f} GB/s     copy of {args.copy_mib} MiB through native identity_forward, "
+              f"bytes read + written ({m['ms']:.1f} ms, iqr {m['iqr_pct']:.0f}%)")
+        print(f"  call floor {c['us']:8.2f} us       native relu_forward on one float, the least a kernel call costs")
 
-    results = []
-    for s, call in rows:
-        t = measure(functools.partial(getattr(NATIVE, call.kernel), *arguments(call, states[s.name])),
-                    args.reps, args.warmup, args.min_sample_s)
-        unit, value, pct = rate(call, t["ms"], ceil)
-        results.append({"network": s.network, "shape_set": s.name, "kernel": call.kernel, **t,
-                        "flops": call.flops, "bytes": call.traffic(), "unit": unit, "rate": value,
-                        "pct_of_ceiling": pct})
-    if not args.no_numpy:
-        # The same arrays as the native timings, which have accumulated gradients and moved
-        # Adam's parameters by then: the values stay of the same size, and the cost of these
-        # kernels does not depend on them.
-        for r, (s, call) in zip(results, rows):
-            t = measure(functools.partial(getattr(ORACLE, call.kernel), *arguments(call, states[s.name])),
-                        args.numpy_reps, args.numpy_warmup, args.numpy_min_sample_s)
-            r["numpy_ms"], r["speedup"] = t["ms"], t["ms"] / r["ms"]
+        results = []
+        for s, call in rows:
+            t = measure(functools.partial(getattr(NATIVE, call.kernel), *arguments(call, states[s.name])),
+                        args.reps, args.warmup, args.min_sample_s)
+            unit, value, pct = rate(call, t["ms"], ceil)
+            results.append({"network": s.network, "shape_set": s.name, "kernel": call.kernel, **t,
+                            "flops": call.flops, "bytes": call.traffic(), "unit": unit, "rate": value,
+                            "pct_of_ceiling": pct})
+        if not args.no_numpy:
+            # The same arrays as the native timings, which have accumulated gradients and moved
+            # Adam's parameters by then: the values stay of the same size, and the cost of these
+            # kernels does not depend on them.
+            for r, (s, call) in zip(results, rows):
+                t = measure(functools.partial(getattr(ORACLE, call.kernel), *arguments(call, states[s.name])),
+                            args.numpy_reps, args.numpy_warmup, args.numpy_min_sample_s)
+                r["numpy_ms"], r["speedup"] = t["ms"], t["ms"] / r["ms"]
 
     print(f"\nms per call, median of {args.reps} samples; iqr: interquartile range / median; "
           f"% ceil: of the compute or bandwidth ceiling above")
@@ -332,7 +327,8 @@ def main() -> None:
                     f"{totals[network]['numpy_ms'] / totals[network]['native_ms']:>8.1f}x"
         print(line)
 
-    report.update(ceilings=ceil, kernels=results, totals=totals)
+    print(f"\n{load.summary()}")
+    report.update(other_load_cores=load.cores, ceilings=ceil, kernels=results, totals=totals)
     write_json(args.json, report)
 
 

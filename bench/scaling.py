@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import numpy as np
@@ -33,6 +32,7 @@ from fastlayers import backend
 
 import shapes
 import train_step
+from machine import OtherLoad
 
 
 def ints(text: str) -> list[int]:
@@ -82,16 +82,13 @@ def main() -> None:
 
     info = fastlayers.build_info()
     initial_threads = backend.get_num_threads()
-    # Another busy process makes a multi-threaded step wait for its descheduled threads; the
-    # load average tells the reader whether the cores were free.
-    load = os.getloadavg()[0]
     print(f"fastlayers {fastlayers.__version__}, native backend, BLAS {info['blas']} ({info['blas_core']}, "
           f"{info['blas_threading']}), OpenMP {'on' if info['openmp'] else 'off'}, {initial_threads} threads by default"
-          f"{', quick' if args.quick else ''}; load average {load:.2f} on {os.cpu_count()} cores")
+          f"{', quick' if args.quick else ''}")
 
     report = {"tool": "bench/scaling.py", "fastlayers": fastlayers.__version__,
               "build": {k: info[k] for k in ("compiler", "openmp", "blas", "blas_core", "blas_threading")},
-              "default_threads": initial_threads, "cpu_count": os.cpu_count(), "load_average": load,
+              "default_threads": initial_threads,
               "networks": networks, "batches": batches, "threads": thread_counts, "steps": steps,
               "warmup": warmup, "quick": args.quick}
     try:
@@ -123,12 +120,13 @@ def main() -> None:
             raise SystemExit("validation failed: the thread counts do not compute the same step")
 
         results = []
-        for network in networks:
-            for batch in batches:
-                for n in thread_counts:
-                    backend.set_num_threads(n)
-                    results.append({"network": network, "batch": batch, "threads": n,
-                                    **time_steps(network, batch, steps, warmup)})
+        with OtherLoad() as load:
+            for network in networks:
+                for batch in batches:
+                    for n in thread_counts:
+                        backend.set_num_threads(n)
+                        results.append({"network": network, "batch": batch, "threads": n,
+                                        **time_steps(network, batch, steps, warmup)})
     finally:
         backend.set_num_threads(initial_threads)
 
@@ -147,7 +145,8 @@ def main() -> None:
                              "speedup": speedup})
             print(f"  {network:<11} {batch:>6}{cells} {speedup:>8.2f}x")
 
-    report.update(results=results, speedups=speedups)
+    print(f"\n{load.summary()}")
+    report.update(other_load_cores=load.cores, results=results, speedups=speedups)
     write_json(args.json, report)
 
 

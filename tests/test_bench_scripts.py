@@ -45,6 +45,7 @@ def test_kernels_quick(tmp_path):
         assert k["unit"] == ("GFLOP/s" if k["flops"] else "GB/s")
         assert k["rate"] > 0 and k["pct_of_ceiling"] > 0 and k["bytes"] > 0
     assert set(report["totals"]) == set(networks)
+    assert report["other_load_cores"] is None or report["other_load_cores"] >= 0
 
 
 def test_kernels_options(tmp_path):
@@ -64,6 +65,7 @@ def test_scaling_quick(tmp_path):
         assert r["ms_per_step"] > 0 and r["us_per_sample"] == pytest.approx(1e3 * r["ms_per_step"] / r["batch"])
     assert [(s["network"], s["batch"]) for s in report["speedups"]] == [(n, b) for n in networks for b in (1, 10)]
     assert all(s["speedup"] > 0 and (s["from_threads"], s["to_threads"]) == (1, 2) for s in report["speedups"])
+    assert report["other_load_cores"] is None or report["other_load_cores"] >= 0
 
 
 # The validation is what makes the timings mean something: it must notice a wrong result and
