@@ -2,10 +2,11 @@
 
     python bench/kernels.py                             # the three networks of bench/train_step.py
     python bench/kernels.py --network deep_cnn --threads 1
+    python bench/kernels.py --network mlp_bn --batch 1000  # the same layers at another batch
     python bench/kernels.py --quick --json kernels.json   # a few seconds; every code path runs
 
 The shape sets are bench/shapes.py's: each layer of simple_cnn, deep_cnn and mlp_bn at batch
-100, float32, with the kernel calls that layer makes in a training step (fused layer+ReLU
+100 (or --batch), float32, with the kernel calls that layer makes in a training step (fused layer+ReLU
 kernels, the loss, dropout, and Adam over the optimizer's flat buffers).
 
 Validation first: each native kernel call, from the same inputs as the NumPy oracle, must
@@ -211,6 +212,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", default=",".join(shapes.NETWORKS),
                    help="comma-separated networks (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=shapes.BATCH, help="batch size (default: %(default)s)")
     p.add_argument("--threads", type=int, help="threads of the native kernels (default: the library's)")
     p.add_argument("--quick", action="store_true", help="few repetitions and smaller ceilings: a smoke run")
     p.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
@@ -222,6 +224,8 @@ def main() -> None:
     unknown = [n for n in networks if n not in shapes.NETWORKS]
     if unknown:
         p.error(f"unknown network {unknown[0]!r}; expected some of {', '.join(shapes.NETWORKS)}")
+    if args.batch < 1:
+        p.error("--batch must be at least 1")
     args.reps = args.reps or (3 if args.quick else 15)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.min_sample_s = 2e-4 if args.quick else 2e-3
@@ -239,9 +243,10 @@ def main() -> None:
     info = fastlayers.build_info()
     threads = backend.get_num_threads()
     print(f"fastlayers {fastlayers.__version__}, {threads} threads, BLAS {info['blas']} ({info['blas_core']}, "
-          f"{info['blas_threading']}), {shapes.DTYPE}, batch {shapes.BATCH}{', quick' if args.quick else ''}")
+          f"{info['blas_threading']}), {shapes.DTYPE}, batch {args.batch}{', quick' if args.quick else ''}")
 
-    sets = [s for n in networks for s in shapes.NETWORKS[n]]
+    table = shapes.networks(args.batch)
+    sets = [s for n in networks for s in table[n]]
     states = {s.name: prepare(s) for s in sets}
     rows = [(s, c) for s in sets for c in s.calls()]
 
@@ -262,7 +267,7 @@ def main() -> None:
         "build": {k: info[k] for k in ("compiler", "openmp", "blas", "blas_config", "blas_core", "blas_threading")},
         "threads": threads,
         "dtype": shapes.DTYPE,
-        "batch": shapes.BATCH,
+        "batch": args.batch,
         "networks": networks,
         "quick": args.quick,
         "settings": {"reps": args.reps, "warmup": args.warmup, "min_sample_ms": 1e3 * args.min_sample_s,

@@ -1,7 +1,7 @@
 """Training-step time against batch size and thread count, on the native backend.
 
     python bench/scaling.py                               # batch 1, 10, 100, 1000; 1 and 2 threads
-    python bench/scaling.py --networks mlp_bn --batches 100,1000 --threads 1,2,4
+    python bench/scaling.py --network mlp_bn --batches 100,1000 --threads 1,2,4
     python bench/scaling.py --quick --json scaling.json
 
 The step is bench/train_step.py's (forward, backward, Adam update; fused layer+ReLU kernels),
@@ -13,8 +13,9 @@ Validation first: two steps from the same weights and batch with each thread cou
 the same losses, bit for bit on an OpenMP build (the kernels promise thread-count-independent
 results, docs/kernels.md), or within float32 rounding on a build without OpenMP. The second
 step's loss depends on the first step's backward and update, so this covers all three.
-Then the table: median ms per step, microseconds per sample, and the speed-up from the
-fewest to the most threads. Each (network, batch, threads) is timed in one block after its
+Then the table: median ms per step, microseconds per sample, the speed-up from the fewest
+to the most threads, and how many cores other processes kept busy while the row was timed
+(bench/machine.py). Each (network, batch, threads) is timed in one block after its
 warm-up steps: switching the pool's size step by step would leave the larger pool's idle
 threads spinning into the smaller one's step.
 """
@@ -32,26 +33,31 @@ from fastlayers import backend
 
 import shapes
 import train_step
-from machine import OtherLoad
+from machine import BUSY_CORES, OtherLoad
 
 
 def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
-def time_steps(network: str, batch: int, steps: int, warmup: int) -> dict:
+def time_steps(network: str, batch: int, steps: int, warmup: int, min_time: float) -> dict:
+    """Median over at least ``steps`` steps and ``min_time`` seconds: a configuration of a
+    fraction of a millisecond a step would otherwise be timed in one short burst, which a
+    moment of other work on the machine could fill."""
     step = train_step.step_fn(shapes.STEP_NAMES[network])
     x, t = train_step.batch(batch)
     for _ in range(warmup):
         step(x, t)
     samples = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step(x, t)
-        samples.append(time.perf_counter() - start)
+    with OtherLoad() as load:
+        begin = time.perf_counter()
+        while len(samples) < steps or time.perf_counter() - begin < min_time:
+            start = time.perf_counter()
+            step(x, t)
+            samples.append(time.perf_counter() - start)
     q1, median, q3 = np.percentile(samples, [25, 50, 75])
     return {"ms_per_step": 1e3 * median, "us_per_sample": 1e6 * median / batch,
-            "iqr_pct": 100 * (q3 - q1) / median, "steps": steps}
+            "iqr_pct": 100 * (q3 - q1) / median, "steps": len(samples), "other_load_cores": load.cores}
 
 
 def first_losses(network: str, batch: int) -> list[float]:
@@ -62,15 +68,16 @@ def first_losses(network: str, batch: int) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--networks", default=",".join(shapes.NETWORKS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--network", default=",".join(shapes.NETWORKS), help="comma-separated (default: %(default)s)")
     p.add_argument("--batches", default="1,10,100,1000", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: %(default)s)")
-    p.add_argument("--steps", type=int, help="timed steps per configuration (default 10; --quick 2)")
+    p.add_argument("--steps", type=int, help="timed steps per configuration, at least (default 10; --quick 2)")
+    p.add_argument("--min-time", type=float, help="seconds per configuration, at least (default 0.5; --quick 0.02)")
     p.add_argument("--warmup", type=int, help="discarded steps first (default 2; --quick 1)")
     p.add_argument("--quick", action="store_true", help="fewer steps: a smoke run")
     p.add_argument("--json", metavar="PATH", help="also write every number to PATH as JSON")
     args = p.parse_args()
-    networks = [n for n in args.networks.split(",") if n]
+    networks = [n for n in args.network.split(",") if n]
     unknown = [n for n in networks if n not in shapes.NETWORKS]
     if unknown:
         p.error(f"unknown network {unknown[0]!r}; expected some of {', '.join(shapes.NETWORKS)}")
@@ -79,6 +86,7 @@ def main() -> None:
         p.error("--batches and --threads need positive integers")
     steps = args.steps or (2 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    min_time = args.min_time if args.min_time is not None else (0.02 if args.quick else 0.5)
 
     info = fastlayers.build_info()
     initial_threads = backend.get_num_threads()
@@ -90,7 +98,7 @@ def main() -> None:
               "build": {k: info[k] for k in ("compiler", "openmp", "blas", "blas_core", "blas_threading")},
               "default_threads": initial_threads,
               "networks": networks, "batches": batches, "threads": thread_counts, "steps": steps,
-              "warmup": warmup, "quick": args.quick}
+              "min_time_s": min_time, "warmup": warmup, "quick": args.quick}
     try:
         check_batch = min(max(batches), shapes.BATCH)
         print(f"\nvalidation: losses of two steps at batch {check_batch} with "
@@ -126,16 +134,17 @@ def main() -> None:
                     for n in thread_counts:
                         backend.set_num_threads(n)
                         results.append({"network": network, "batch": batch, "threads": n,
-                                        **time_steps(network, batch, steps, warmup)})
+                                        **time_steps(network, batch, steps, warmup, min_time)})
     finally:
         backend.set_num_threads(initial_threads)
 
     lo, hi = min(thread_counts), max(thread_counts)
     speedups = []
-    print(f"\nms per training step (forward, backward, Adam), float32, median of {steps} steps; "
-          f"us/sample = ms per step / batch; speed-up = {lo} -> {hi} threads")
+    print(f"\nms per training step (forward, backward, Adam), float32, median of at least {steps} steps and "
+          f"{min_time:g} s;\nus/sample = ms per step / batch; speed-up = {lo} -> {hi} threads; busy = cores other "
+          f"processes kept busy meanwhile (the most of the row's blocks; above {BUSY_CORES} the row is not to be trusted)")
     cols = "".join(f" {f'{n}T ms':>10} {f'{n}T us/sample':>14}" for n in thread_counts)
-    print(f"  {'network':<11} {'batch':>6}{cols} {'speed-up':>9}")
+    print(f"  {'network':<11} {'batch':>6}{cols} {'speed-up':>9} {'busy':>5}")
     for network in networks:
         for batch in batches:
             row = {r["threads"]: r for r in results if r["network"] == network and r["batch"] == batch}
@@ -143,7 +152,9 @@ def main() -> None:
             speedup = row[lo]["ms_per_step"] / row[hi]["ms_per_step"]
             speedups.append({"network": network, "batch": batch, "from_threads": lo, "to_threads": hi,
                              "speedup": speedup})
-            print(f"  {network:<11} {batch:>6}{cells} {speedup:>8.2f}x")
+            loads = [row[n]["other_load_cores"] for n in thread_counts]
+            busy = "-" if None in loads else f"{max(loads):.2f}"
+            print(f"  {network:<11} {batch:>6}{cells} {speedup:>8.2f}x {busy:>5}")
 
     print(f"\n{load.summary()}")
     report.update(other_load_cores=load.cores, results=results, speedups=speedups)

@@ -1,8 +1,9 @@
 """The shape sets of the kernel benchmark: every kernel call one training step makes.
 
-For each network of ``bench/train_step.py`` (batch 100, float32, Adam, ``Sequential(fuse=True)``)
-``NETWORKS`` lists one *shape set* per layer, named ``"<network>/<layer>"``
-(``"deep_cnn/conv3"``), with the layer's sizes written out. Each shape set expands into the
+For each network of ``bench/train_step.py`` (float32, Adam, ``Sequential(fuse=True)``)
+``NETWORKS`` lists one *shape set* per layer at batch 100, named ``"<network>/<layer>"``
+(``"deep_cnn/conv3"``), with the layer's sizes written out (``networks(B)`` is the same table
+at batch B). Each shape set expands into the
 kernel calls that layer makes in one step, with every argument's shape and every
 hyper-parameter: ``forward()``, ``backward()`` and, for the optimizer's flat buffers,
 ``update()``. ``step_calls(network)`` puts them in the order a training step makes them.
@@ -325,72 +326,75 @@ class Adam(ShapeSet):
         return [Call("adam_update", args)]
 
 
-B = BATCH
+def networks(B: int = BATCH) -> dict[str, tuple[ShapeSet, ...]]:
+    """The table at batch ``B``. The optimizer keeps two flat buffers, whose sizes do not
+    depend on the batch: the weights (decayed when weight_decay is set) and everything else
+    (biases, BatchNorm's gamma and beta), in the order of model.parameters()."""
+    return {
+        # models.simple_cnn(): conv 30@5x5 - relu - pool 2 - affine 100 - relu - affine 10
+        "simple_cnn": (
+            Conv("simple_cnn/conv1", N=B, C=1, H=28, W=28, FN=30, F=5, stride=1, pad=0, OH=24, OW=24, relu=True),
+            MaxPool("simple_cnn/pool1", N=B, C=30, H=24, W=24, P=2, stride=2, pad=0, OH=12, OW=12),
+            Affine("simple_cnn/fc1", N=B, D=30 * 12 * 12, M=100, relu=True),
+            Affine("simple_cnn/fc2", N=B, D=100, M=10, relu=False),
+            SoftmaxCrossEntropy("simple_cnn/loss", N=B, K=10),
+            # 750 + 432000 + 1000 weights; 30 + 100 + 10 biases
+            Adam("simple_cnn/adam_weights", size=433_750),
+            Adam("simple_cnn/adam_others", size=140),
+        ),
+        # models.deep_cnn(): six 3x3 convs (16, 16, 32, 32, 64, 64), a 2x2 pool after every
+        # second, affine 50 - relu - dropout - affine 10 - dropout
+        "deep_cnn": (
+            Conv("deep_cnn/conv1", N=B, C=1, H=28, W=28, FN=16, F=3, stride=1, pad=1, OH=28, OW=28, relu=True),
+            Conv("deep_cnn/conv2", N=B, C=16, H=28, W=28, FN=16, F=3, stride=1, pad=1, OH=28, OW=28, relu=True),
+            MaxPool("deep_cnn/pool1", N=B, C=16, H=28, W=28, P=2, stride=2, pad=0, OH=14, OW=14),
+            Conv("deep_cnn/conv3", N=B, C=16, H=14, W=14, FN=32, F=3, stride=1, pad=1, OH=14, OW=14, relu=True),
+            Conv("deep_cnn/conv4", N=B, C=32, H=14, W=14, FN=32, F=3, stride=1, pad=2, OH=16, OW=16, relu=True),
+            MaxPool("deep_cnn/pool2", N=B, C=32, H=16, W=16, P=2, stride=2, pad=0, OH=8, OW=8),
+            Conv("deep_cnn/conv5", N=B, C=32, H=8, W=8, FN=64, F=3, stride=1, pad=1, OH=8, OW=8, relu=True),
+            Conv("deep_cnn/conv6", N=B, C=64, H=8, W=8, FN=64, F=3, stride=1, pad=1, OH=8, OW=8, relu=True),
+            MaxPool("deep_cnn/pool3", N=B, C=64, H=8, W=8, P=2, stride=2, pad=0, OH=4, OW=4),
+            Affine("deep_cnn/fc1", N=B, D=64 * 4 * 4, M=50, relu=True),
+            Dropout("deep_cnn/drop1", shape=(B, 50), p=0.5),
+            Affine("deep_cnn/fc2", N=B, D=50, M=10, relu=False),
+            Dropout("deep_cnn/drop2", shape=(B, 10), p=0.5),
+            SoftmaxCrossEntropy("deep_cnn/loss", N=B, K=10),
+            # 144 + 2304 + 4608 + 9216 + 18432 + 36864 + 51200 + 500 weights; 284 biases
+            Adam("deep_cnn/adam_weights", size=123_268),
+            Adam("deep_cnn/adam_others", size=284),
+        ),
+        # models.mlp(hidden=[100] * 5, batchnorm=True): (affine - batchnorm - relu) x 5 - affine
+        # 10; the hidden affines have no bias, so BatchNorm+ReLU is the fused pair.
+        "mlp_bn": (
+            Affine("mlp_bn/fc1", N=B, D=784, M=100, relu=False),
+            BatchNorm("mlp_bn/bn1", shape=(B, 100), relu=True),
+            Affine("mlp_bn/fc2", N=B, D=100, M=100, relu=False),
+            BatchNorm("mlp_bn/bn2", shape=(B, 100), relu=True),
+            Affine("mlp_bn/fc3", N=B, D=100, M=100, relu=False),
+            BatchNorm("mlp_bn/bn3", shape=(B, 100), relu=True),
+            Affine("mlp_bn/fc4", N=B, D=100, M=100, relu=False),
+            BatchNorm("mlp_bn/bn4", shape=(B, 100), relu=True),
+            Affine("mlp_bn/fc5", N=B, D=100, M=100, relu=False),
+            BatchNorm("mlp_bn/bn5", shape=(B, 100), relu=True),
+            Affine("mlp_bn/fc6", N=B, D=100, M=10, relu=False),
+            SoftmaxCrossEntropy("mlp_bn/loss", N=B, K=10),
+            # 78400 + 4 * 10000 + 1000 weights; 5 * (100 + 100) gamma and beta + 10 biases
+            Adam("mlp_bn/adam_weights", size=119_400),
+            Adam("mlp_bn/adam_others", size=1_010),
+        ),
+    }
 
-# The optimizer keeps two flat buffers: the weights (decayed when weight_decay is set) and
-# everything else (biases, BatchNorm's gamma and beta), in the order of model.parameters().
-NETWORKS: dict[str, tuple[ShapeSet, ...]] = {
-    # models.simple_cnn(): conv 30@5x5 - relu - pool 2 - affine 100 - relu - affine 10
-    "simple_cnn": (
-        Conv("simple_cnn/conv1", N=B, C=1, H=28, W=28, FN=30, F=5, stride=1, pad=0, OH=24, OW=24, relu=True),
-        MaxPool("simple_cnn/pool1", N=B, C=30, H=24, W=24, P=2, stride=2, pad=0, OH=12, OW=12),
-        Affine("simple_cnn/fc1", N=B, D=30 * 12 * 12, M=100, relu=True),
-        Affine("simple_cnn/fc2", N=B, D=100, M=10, relu=False),
-        SoftmaxCrossEntropy("simple_cnn/loss", N=B, K=10),
-        # 750 + 432000 + 1000 weights; 30 + 100 + 10 biases
-        Adam("simple_cnn/adam_weights", size=433_750),
-        Adam("simple_cnn/adam_others", size=140),
-    ),
-    # models.deep_cnn(): six 3x3 convs (16, 16, 32, 32, 64, 64), a 2x2 pool after every
-    # second, affine 50 - relu - dropout - affine 10 - dropout
-    "deep_cnn": (
-        Conv("deep_cnn/conv1", N=B, C=1, H=28, W=28, FN=16, F=3, stride=1, pad=1, OH=28, OW=28, relu=True),
-        Conv("deep_cnn/conv2", N=B, C=16, H=28, W=28, FN=16, F=3, stride=1, pad=1, OH=28, OW=28, relu=True),
-        MaxPool("deep_cnn/pool1", N=B, C=16, H=28, W=28, P=2, stride=2, pad=0, OH=14, OW=14),
-        Conv("deep_cnn/conv3", N=B, C=16, H=14, W=14, FN=32, F=3, stride=1, pad=1, OH=14, OW=14, relu=True),
-        Conv("deep_cnn/conv4", N=B, C=32, H=14, W=14, FN=32, F=3, stride=1, pad=2, OH=16, OW=16, relu=True),
-        MaxPool("deep_cnn/pool2", N=B, C=32, H=16, W=16, P=2, stride=2, pad=0, OH=8, OW=8),
-        Conv("deep_cnn/conv5", N=B, C=32, H=8, W=8, FN=64, F=3, stride=1, pad=1, OH=8, OW=8, relu=True),
-        Conv("deep_cnn/conv6", N=B, C=64, H=8, W=8, FN=64, F=3, stride=1, pad=1, OH=8, OW=8, relu=True),
-        MaxPool("deep_cnn/pool3", N=B, C=64, H=8, W=8, P=2, stride=2, pad=0, OH=4, OW=4),
-        Affine("deep_cnn/fc1", N=B, D=64 * 4 * 4, M=50, relu=True),
-        Dropout("deep_cnn/drop1", shape=(B, 50), p=0.5),
-        Affine("deep_cnn/fc2", N=B, D=50, M=10, relu=False),
-        Dropout("deep_cnn/drop2", shape=(B, 10), p=0.5),
-        SoftmaxCrossEntropy("deep_cnn/loss", N=B, K=10),
-        # 144 + 2304 + 4608 + 9216 + 18432 + 36864 + 51200 + 500 weights; 284 biases
-        Adam("deep_cnn/adam_weights", size=123_268),
-        Adam("deep_cnn/adam_others", size=284),
-    ),
-    # models.mlp(hidden=[100] * 5, batchnorm=True): (affine - batchnorm - relu) x 5 - affine
-    # 10; the hidden affines have no bias, so BatchNorm+ReLU is the fused pair.
-    "mlp_bn": (
-        Affine("mlp_bn/fc1", N=B, D=784, M=100, relu=False),
-        BatchNorm("mlp_bn/bn1", shape=(B, 100), relu=True),
-        Affine("mlp_bn/fc2", N=B, D=100, M=100, relu=False),
-        BatchNorm("mlp_bn/bn2", shape=(B, 100), relu=True),
-        Affine("mlp_bn/fc3", N=B, D=100, M=100, relu=False),
-        BatchNorm("mlp_bn/bn3", shape=(B, 100), relu=True),
-        Affine("mlp_bn/fc4", N=B, D=100, M=100, relu=False),
-        BatchNorm("mlp_bn/bn4", shape=(B, 100), relu=True),
-        Affine("mlp_bn/fc5", N=B, D=100, M=100, relu=False),
-        BatchNorm("mlp_bn/bn5", shape=(B, 100), relu=True),
-        Affine("mlp_bn/fc6", N=B, D=100, M=10, relu=False),
-        SoftmaxCrossEntropy("mlp_bn/loss", N=B, K=10),
-        # 78400 + 4 * 10000 + 1000 weights; 5 * (100 + 100) gamma and beta + 10 biases
-        Adam("mlp_bn/adam_weights", size=119_400),
-        Adam("mlp_bn/adam_others", size=1_010),
-    ),
-}
+
+NETWORKS = networks(BATCH)
 
 # The name bench/train_step.py builds each network under (the same model and seed).
 STEP_NAMES = {"simple_cnn": "simple-cnn", "deep_cnn": "deep-cnn", "mlp_bn": "mlp-bn"}
 
 
-def step_calls(network: str) -> list[tuple[ShapeSet, Call]]:
+def step_calls(network: str, batch: int = BATCH) -> list[tuple[ShapeSet, Call]]:
     """Every kernel call of one training step, in order: the forwards (the loss last), the
     backwards in reverse, then the optimizer updates."""
-    sets = NETWORKS[network]
+    sets = networks(batch)[network]
     calls = [(s, c) for s in sets for c in s.forward()]
     calls += [(s, c) for s in reversed(sets) for c in s.backward()]
     calls += [(s, c) for s in sets for c in s.update()]

@@ -49,8 +49,9 @@ def test_kernels_quick(tmp_path):
 
 
 def test_kernels_options(tmp_path):
-    report = run(tmp_path, "kernels.py", "--network", "mlp_bn", "--threads", "1", "--no-numpy")
+    report = run(tmp_path, "kernels.py", "--network", "mlp_bn", "--threads", "1", "--no-numpy", "--batch", "7")
     assert report["validation_passed"] is True and report["threads"] == 1 and report["networks"] == ["mlp_bn"]
+    assert report["batch"] == 7
     assert "numpy_ms" not in report["kernels"][0] and report["settings"]["numpy_reps"] == 0
 
 
@@ -63,6 +64,7 @@ def test_scaling_quick(tmp_path):
     assert keys == [(n, b, t) for n in networks for b in (1, 10) for t in (1, 2)]
     for r in report["results"]:
         assert r["ms_per_step"] > 0 and r["us_per_sample"] == pytest.approx(1e3 * r["ms_per_step"] / r["batch"])
+        assert r["steps"] >= 2 and (r["other_load_cores"] is None or r["other_load_cores"] >= 0)
     assert [(s["network"], s["batch"]) for s in report["speedups"]] == [(n, b) for n in networks for b in (1, 10)]
     assert all(s["speedup"] > 0 and (s["from_threads"], s["to_threads"]) == (1, 2) for s in report["speedups"])
     assert report["other_load_cores"] is None or report["other_load_cores"] >= 0
