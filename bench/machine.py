@@ -2,8 +2,10 @@
 
 On a shared machine another process on the cores makes a multi-threaded kernel wait for its
 descheduled threads, whole scheduler ticks at a time: a 10 us kernel then reads as several
-milliseconds. The load average lags by a minute, so the benchmarks measure instead, over their
-timed phase, the CPU time the whole machine spent (/proc/stat) minus their own process's.
+milliseconds. A virtual machine's hypervisor taking a core for another guest ("steal" time)
+does the same. The load average lags by a minute, so the benchmarks measure instead, over
+their timed phase, the CPU time the whole machine spent or had stolen (/proc/stat) minus
+their own process's.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ BUSY_CORES = 0.1
 def _machine_busy_seconds() -> float | None:
     try:
         with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:8]]
+            fields = [int(v) for v in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    if len(fields) < 8:  # kernels before 2.6.11 report no steal time
+        fields += [0] * (8 - len(fields))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_seconds() -> float:
