@@ -7,7 +7,8 @@
 The step is bench/train_step.py's (forward, backward, Adam update; fused layer+ReLU kernels),
 for simple_cnn, deep_cnn and mlp_bn (the names of bench/shapes.py). The thread count is
 changed at run time with ``fastlayers.backend.set_num_threads``, which sets the OpenMP pool
-that runs every kernel and every GEMM tile.
+that runs every kernel and every GEMM tile (for the calling thread, like omp_set_num_threads:
+kernels called from another Python thread keep the default).
 
 Validation first: two steps from the same weights and batch with each thread count must give
 the same losses, bit for bit on an OpenMP build (the kernels promise thread-count-independent
