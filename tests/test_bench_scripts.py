@@ -1,0 +1,110 @@
+"""The benchmark scripts run: each in --quick mode, writing JSON with the expected keys and a
+passed validation. Nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+import kernels  # noqa: E402
+import shapes  # noqa: E402
+
+pytestmark = pytest.mark.bench
+
+
+def run(tmp_path, script: str, *args: str) -> dict:
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "validation" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def test_kernels_quick(tmp_path):
+    report = run(tmp_path, "kernels.py")
+    assert report["validation_passed"] is True
+    networks = list(shapes.NETWORKS)
+    assert report["networks"] == networks
+    calls = [(s.name, c.kernel) for n in networks for s in shapes.NETWORKS[n] for c in s.calls()]
+    assert [(v["shape_set"], v["kernel"]) for v in report["validation"]] == calls
+    assert all(v["ok"] for v in report["validation"])
+    ceil = report["ceilings"]
+    assert ceil["sgemm"]["gflops"] > 0 and ceil["memcpy"]["gbps"] > 0 and ceil["call"]["us"] > 0
+    assert [(k["shape_set"], k["kernel"]) for k in report["kernels"]] == calls
+    for k in report["kernels"]:
+        assert k["ms"] > 0 and k["numpy_ms"] > 0 and k["speedup"] > 0
+        assert k["unit"] == ("GFLOP/s" if k["flops"] else "GB/s")
+        assert k["rate"] > 0 and k["pct_of_ceiling"] > 0 and k["bytes"] > 0
+    assert set(report["totals"]) == set(networks)
+    assert report["other_load_cores"] is None or report["other_load_cores"] >= 0
+
+
+def test_kernels_options(tmp_path):
+    report = run(tmp_path, "kernels.py", "--network", "mlp_bn", "--threads", "1", "--no-numpy", "--batch", "7")
+    assert report["validation_passed"] is True and report["threads"] == 1 and report["networks"] == ["mlp_bn"]
+    assert report["batch"] == 7
+    assert "numpy_ms" not in report["kernels"][0] and report["settings"]["numpy_reps"] == 0
+
+
+def test_scaling_quick(tmp_path):
+    report = run(tmp_path, "scaling.py", "--batches", "1,10")
+    assert report["validation_passed"] is True
+    networks = list(shapes.NETWORKS)
+    assert [c["network"] for c in report["validation"]] == networks
+    keys = [(r["network"], r["batch"], r["threads"]) for r in report["results"]]
+    assert keys == [(n, b, t) for n in networks for b in (1, 10) for t in (1, 2)]
+    for r in report["results"]:
+        assert r["ms_per_step"] > 0 and r["us_per_sample"] == pytest.approx(1e3 * r["ms_per_step"] / r["batch"])
+        assert r["steps"] >= 2 and (r["other_load_cores"] is None or r["other_load_cores"] >= 0)
+    assert [(s["network"], s["batch"]) for s in report["speedups"]] == [(n, b) for n in networks for b in (1, 10)]
+    assert all(s["speedup"] > 0 and (s["from_threads"], s["to_threads"]) == (1, 2) for s in report["speedups"])
+    assert report["other_load_cores"] is None or report["other_load_cores"] >= 0
+
+
+# The validation is what makes the timings mean something: it must notice a wrong result and
+# an output left unwritten.
+
+
+def broken_native(monkeypatch, kernel: str, wrong):
+    table = {name: getattr(kernels.NATIVE, name) for name in vars(kernels.NATIVE)}
+    table[kernel] = wrong
+    monkeypatch.setattr(kernels, "NATIVE", SimpleNamespace(**table))
+
+
+def test_validation_notices_a_wrong_result(monkeypatch):
+    fc = shapes.NETWORKS["simple_cnn"][3]
+    state = kernels.prepare(fc)
+    call = fc.forward()[0]
+    assert kernels.validate(fc, call, state)["ok"]
+    real = kernels.NATIVE.affine_forward
+
+    def off_by_a_little(out, x, W, b):
+        real(out, x, W, b)
+        out[0, 0] += 1e-3 * np.abs(out).max()
+
+    broken_native(monkeypatch, "affine_forward", off_by_a_little)
+    check = kernels.validate(fc, call, state)
+    assert not check["ok"] and check["worst_output"] == "out"
+
+
+def test_validation_notices_an_unwritten_output(monkeypatch):
+    pool = shapes.NETWORKS["deep_cnn"][2]
+    state = kernels.prepare(pool)
+    call = pool.forward()[0]
+    real = kernels.NATIVE.maxpool2d_forward
+
+    def forgets_argmax(out, argmax, *rest):
+        real(out, np.empty_like(argmax), *rest)
+
+    broken_native(monkeypatch, "maxpool2d_forward", forgets_argmax)
+    check = kernels.validate(pool, call, state)
+    assert not check["ok"] and check["worst_output"] == "argmax"
