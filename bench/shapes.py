@@ -113,6 +113,7 @@ class Affine(ShapeSet):
     D: int
     M: int
     relu: bool
+    dx: bool = True  # False for a model's first layer: training skips the input's gradient
 
     def forward(self):
         N, D, M = self.N, self.D, self.M
@@ -122,14 +123,15 @@ class Affine(ShapeSet):
 
     def backward(self):
         N, D, M = self.N, self.D, self.M
-        args = (Arr("dx", (N, D), "out"), Arr("dW", (D, M), "acc"), Arr("db", (M,), "acc"),
+        args = (Arr("dx", (N, D), "out") if self.dx else None, Arr("dW", (D, M), "acc"), Arr("db", (M,), "acc"),
                 Arr("dout", (N, M), "in"), Arr("x", (N, D), "in"), Arr("W", (D, M), "in"))
         if self.relu:
             kernel, args = "affine_relu_backward", args + (Arr("out", (N, M), "in"),)
         else:
             kernel = "affine_backward"
-        # dx = dout @ W.T and dW += x.T @ dout: two GEMMs of N*D*M; db sums N*M.
-        return [Call(kernel, args, flops=4 * N * D * M + N * M, reduction=max(N, M))]
+        # dx = dout @ W.T and dW += x.T @ dout: a GEMM of N*D*M each; db sums N*M.
+        gemms = 2 if self.dx else 1
+        return [Call(kernel, args, flops=2 * gemms * N * D * M + N * M, reduction=max(N, M))]
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class Conv(ShapeSet):
     OH: int
     OW: int
     relu: bool
+    dx: bool = True  # False for a model's first layer: training skips the input's gradient
 
     def __post_init__(self):
         # OH and OW are written out in the table for the reader; they must follow from the rest.
@@ -173,16 +176,69 @@ class Conv(ShapeSet):
 
     def backward(self):
         x, W, out = self._arrays()
-        args = (Arr("dx", x.shape, "out"), Arr("dW", W.shape, "acc"), Arr("db", (self.FN,), "acc"),
-                Arr("dout", out.shape, "in"), x, W)
+        args = (Arr("dx", x.shape, "out") if self.dx else None, Arr("dW", W.shape, "acc"),
+                Arr("db", (self.FN,), "acc"), Arr("dout", out.shape, "in"), x, W)
         if self.relu:
             kernel, args = "conv2d_relu_backward", args + (Arr("out", out.shape, "in"),)
         else:
             kernel = "conv2d_backward"
         # dW and dx are one GEMM each of the forward's size; db sums every output element.
         bias = self.N * self.FN * self.OH * self.OW
-        return [Call(kernel, args + (self.stride, self.pad), flops=2 * self._gemm_flops() + bias,
+        gemms = 2 if self.dx else 1
+        return [Call(kernel, args + (self.stride, self.pad), flops=gemms * self._gemm_flops() + bias,
                      reduction=max(self.N * self.OH * self.OW, self.FN * self.F * self.F))]
+
+
+@dataclass(frozen=True)
+class ConvPool(ShapeSet):
+    """A Conv (ReLU fused) followed by P x P max pooling, run as one kernel
+    (``conv2d_relu_maxpool2d_*``): the (N, FN, OH, OW) convolution output is never stored,
+    only the pooled (N, FN, POH, POW) one and its argmax."""
+
+    name: str
+    N: int
+    C: int
+    H: int
+    W: int
+    FN: int
+    F: int
+    stride: int
+    pad: int
+    OH: int
+    OW: int
+    P: int
+    pool_stride: int
+    POH: int
+    POW: int
+    dx: bool = True
+
+    def __post_init__(self):
+        Conv(self.name, self.N, self.C, self.H, self.W, self.FN, self.F, self.stride, self.pad, self.OH, self.OW, True)
+        MaxPool(self.name, self.N, self.FN, self.OH, self.OW, self.P, self.pool_stride, 0, self.POH, self.POW)
+
+    def _conv(self) -> Conv:
+        return Conv(self.name, self.N, self.C, self.H, self.W, self.FN, self.F, self.stride, self.pad, self.OH,
+                    self.OW, True, self.dx)
+
+    def _arrays(self):
+        pooled = (self.N, self.FN, self.POH, self.POW)
+        return (Arr("x", (self.N, self.C, self.H, self.W), "in"), Arr("W", (self.FN, self.C, self.F, self.F), "in"),
+                Arr("out", pooled, "out"), Arr("argmax", pooled, "out", "int64"))
+
+    def forward(self):
+        x, W, out, argmax = self._arrays()
+        conv = self._conv().forward()[0]
+        args = (out, argmax, x, W, Arr("b", (self.FN,), "in"), self.stride, self.pad, self.P, self.P,
+                self.pool_stride, 0)
+        return [Call("conv2d_relu_maxpool2d_forward", args, flops=conv.flops, reduction=conv.reduction)]
+
+    def backward(self):
+        x, W, out, argmax = self._arrays()
+        conv = self._conv().backward()[0]
+        args = (Arr("dx", x.shape, "out") if self.dx else None, Arr("dW", W.shape, "acc"),
+                Arr("db", (self.FN,), "acc"), Arr("dout", out.shape, "in"), x, W,
+                Arr("out", out.shape, "in"), Arr("argmax", out.shape, "in", "int64"), self.stride, self.pad)
+        return [Call("conv2d_relu_maxpool2d_backward", args, flops=conv.flops, reduction=conv.reduction)]
 
 
 @dataclass(frozen=True)
@@ -333,8 +389,8 @@ def networks(B: int = BATCH) -> dict[str, tuple[ShapeSet, ...]]:
     return {
         # models.simple_cnn(): conv 30@5x5 - relu - pool 2 - affine 100 - relu - affine 10
         "simple_cnn": (
-            Conv("simple_cnn/conv1", N=B, C=1, H=28, W=28, FN=30, F=5, stride=1, pad=0, OH=24, OW=24, relu=True),
-            MaxPool("simple_cnn/pool1", N=B, C=30, H=24, W=24, P=2, stride=2, pad=0, OH=12, OW=12),
+            ConvPool("simple_cnn/conv1", N=B, C=1, H=28, W=28, FN=30, F=5, stride=1, pad=0, OH=24, OW=24,
+                     P=2, pool_stride=2, POH=12, POW=12, dx=False),
             Affine("simple_cnn/fc1", N=B, D=30 * 12 * 12, M=100, relu=True),
             Affine("simple_cnn/fc2", N=B, D=100, M=10, relu=False),
             SoftmaxCrossEntropy("simple_cnn/loss", N=B, K=10),
@@ -345,15 +401,16 @@ def networks(B: int = BATCH) -> dict[str, tuple[ShapeSet, ...]]:
         # models.deep_cnn(): six 3x3 convs (16, 16, 32, 32, 64, 64), a 2x2 pool after every
         # second, affine 50 - relu - dropout - affine 10 - dropout
         "deep_cnn": (
-            Conv("deep_cnn/conv1", N=B, C=1, H=28, W=28, FN=16, F=3, stride=1, pad=1, OH=28, OW=28, relu=True),
-            Conv("deep_cnn/conv2", N=B, C=16, H=28, W=28, FN=16, F=3, stride=1, pad=1, OH=28, OW=28, relu=True),
-            MaxPool("deep_cnn/pool1", N=B, C=16, H=28, W=28, P=2, stride=2, pad=0, OH=14, OW=14),
+            Conv("deep_cnn/conv1", N=B, C=1, H=28, W=28, FN=16, F=3, stride=1, pad=1, OH=28, OW=28, relu=True,
+                 dx=False),
+            ConvPool("deep_cnn/conv2", N=B, C=16, H=28, W=28, FN=16, F=3, stride=1, pad=1, OH=28, OW=28,
+                     P=2, pool_stride=2, POH=14, POW=14),
             Conv("deep_cnn/conv3", N=B, C=16, H=14, W=14, FN=32, F=3, stride=1, pad=1, OH=14, OW=14, relu=True),
-            Conv("deep_cnn/conv4", N=B, C=32, H=14, W=14, FN=32, F=3, stride=1, pad=2, OH=16, OW=16, relu=True),
-            MaxPool("deep_cnn/pool2", N=B, C=32, H=16, W=16, P=2, stride=2, pad=0, OH=8, OW=8),
+            ConvPool("deep_cnn/conv4", N=B, C=32, H=14, W=14, FN=32, F=3, stride=1, pad=2, OH=16, OW=16,
+                     P=2, pool_stride=2, POH=8, POW=8),
             Conv("deep_cnn/conv5", N=B, C=32, H=8, W=8, FN=64, F=3, stride=1, pad=1, OH=8, OW=8, relu=True),
-            Conv("deep_cnn/conv6", N=B, C=64, H=8, W=8, FN=64, F=3, stride=1, pad=1, OH=8, OW=8, relu=True),
-            MaxPool("deep_cnn/pool3", N=B, C=64, H=8, W=8, P=2, stride=2, pad=0, OH=4, OW=4),
+            ConvPool("deep_cnn/conv6", N=B, C=64, H=8, W=8, FN=64, F=3, stride=1, pad=1, OH=8, OW=8,
+                     P=2, pool_stride=2, POH=4, POW=4),
             Affine("deep_cnn/fc1", N=B, D=64 * 4 * 4, M=50, relu=True),
             Dropout("deep_cnn/drop1", shape=(B, 50), p=0.5),
             Affine("deep_cnn/fc2", N=B, D=50, M=10, relu=False),
@@ -366,7 +423,7 @@ def networks(B: int = BATCH) -> dict[str, tuple[ShapeSet, ...]]:
         # models.mlp(hidden=[100] * 5, batchnorm=True): (affine - batchnorm - relu) x 5 - affine
         # 10; the hidden affines have no bias, so BatchNorm+ReLU is the fused pair.
         "mlp_bn": (
-            Affine("mlp_bn/fc1", N=B, D=784, M=100, relu=False),
+            Affine("mlp_bn/fc1", N=B, D=784, M=100, relu=False, dx=False),
             BatchNorm("mlp_bn/bn1", shape=(B, 100), relu=True),
             Affine("mlp_bn/fc2", N=B, D=100, M=100, relu=False),
             BatchNorm("mlp_bn/bn2", shape=(B, 100), relu=True),
