@@ -81,7 +81,7 @@ def broken_native(monkeypatch, kernel: str, wrong):
 
 
 def test_validation_notices_a_wrong_result(monkeypatch):
-    fc = shapes.NETWORKS["simple_cnn"][3]
+    fc = next(s for s in shapes.NETWORKS["simple_cnn"] if s.name == "simple_cnn/fc2")
     state = kernels.prepare(fc)
     call = fc.forward()[0]
     assert kernels.validate(fc, call, state)["ok"]
@@ -97,14 +97,14 @@ def test_validation_notices_a_wrong_result(monkeypatch):
 
 
 def test_validation_notices_an_unwritten_output(monkeypatch):
-    pool = shapes.NETWORKS["deep_cnn"][2]
+    pool = next(s for s in shapes.NETWORKS["deep_cnn"] if s.name == "deep_cnn/conv2")  # conv + ReLU + pool
     state = kernels.prepare(pool)
     call = pool.forward()[0]
-    real = kernels.NATIVE.maxpool2d_forward
+    real = kernels.NATIVE.conv2d_relu_maxpool2d_forward
 
     def forgets_argmax(out, argmax, *rest):
         real(out, np.empty_like(argmax), *rest)
 
-    broken_native(monkeypatch, "maxpool2d_forward", forgets_argmax)
+    broken_native(monkeypatch, "conv2d_relu_maxpool2d_forward", forgets_argmax)
     check = kernels.validate(pool, call, state)
     assert not check["ok"] and check["worst_output"] == "argmax"
