@@ -4,8 +4,8 @@
     python bench/fashion_mnist.py --model deep-cnn --batchnorm --epochs 15 --target 0.93
     python bench/fashion_mnist.py --quick          # 2,000 training images, 1 epoch: checks that it works
 
-Both libraries train the same network from the same initial weights with Adam (lr 1e-3),
-batch 100, the same shuffled order, on the same number of threads, one after the other.
+Both libraries train the same network from the same initial weights with Adam (lr 1e-3,
+times --lr-gamma every --lr-step epochs when given), batch 100, the same shuffled order, on the same number of threads, one after the other.
 After every epoch each is evaluated on the 10,000 test images. The table gives training
 time (evaluation excluded) and test accuracy per epoch, and the training time each needed
 to first reach ``--target`` test accuracy. Data: ``fastlayers.data.load_fashion_mnist``
@@ -27,6 +27,8 @@ def _args(argv=None):
     p.add_argument("--batchnorm", action="store_true", help="deep-cnn, mlp: BatchNorm after each conv / hidden affine")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--target", type=float, default=0.90, help="test accuracy whose time-to-reach is reported")
+    p.add_argument("--lr-step", type=int, default=None, metavar="E", help="lr x --lr-gamma every E epochs (both)")
+    p.add_argument("--lr-gamma", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--download", action="store_true")
@@ -50,7 +52,7 @@ import numpy as np  # noqa: E402
 
 import fastlayers  # noqa: E402
 from fastlayers import backend, data, losses, models, optim  # noqa: E402
-from fastlayers.trainer import Trainer  # noqa: E402
+from fastlayers.trainer import Trainer, step_decay  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peer import torch, torch_model  # noqa: E402
@@ -65,6 +67,10 @@ def build(args):
     return models.get(args.model, **kw)
 
 
+def schedule(args):
+    return step_decay(1e-3, args.lr_step, args.lr_gamma) if args.lr_step else (lambda epoch: 1e-3)
+
+
 def run_fastlayers(args, x, t, xt, tt, orders):
     model = build(args)
     trainer = Trainer(model, losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters(), lr=1e-3), seed=args.seed,
@@ -72,7 +78,8 @@ def run_fastlayers(args, x, t, xt, tt, orders):
     rows, total = [], 0.0
     for epoch, order in enumerate(orders, 1):
         # The same shuffled order as the PyTorch run.
-        total += trainer.fit(x[order], t[order], epochs=1, batch_size=100, shuffle=False)[-1]["seconds"]
+        record = trainer.fit(x[order], t[order], epochs=1, batch_size=100, shuffle=False, lr_schedule=schedule(args))
+        total += record[-1]["seconds"]
         acc = trainer.evaluate(xt, tt)["accuracy"]
         rows.append({"epoch": epoch, "seconds": total, "test_accuracy": acc})
         print(f"  fastlayers epoch {epoch:>2}: {total:7.1f} s  test accuracy {acc:.4f}", flush=True)
@@ -88,6 +95,8 @@ def run_torch(args, x, t, xt, tt, orders):
     XT = torch.from_numpy(xt)
     rows, total = [], 0.0
     for epoch, order in enumerate(orders, 1):
+        for group in opt.param_groups:
+            group["lr"] = schedule(args)(epoch)
         net.train()
         idx = torch.from_numpy(order)
         start = time.perf_counter()
@@ -122,10 +131,13 @@ def main(args):
     rng = np.random.default_rng(args.seed)
     orders = [rng.permutation(len(x)) for _ in range(args.epochs)]
     name = args.model + (" + BatchNorm" if args.batchnorm else "")
-    print(f"{name} on Fashion-MNIST ({len(x)} train / {len(xt)} test), Adam lr 1e-3, batch 100, {args.epochs} epochs, "
+    print(f"{name} on Fashion-MNIST ({len(x)} train / {len(xt)} test), Adam lr 1e-3"
+          + (f" x {args.lr_gamma:g} every {args.lr_step} epochs" if args.lr_step else "")
+          + f", batch 100, {args.epochs} epochs, "
           f"{args.threads} threads; fastlayers {fastlayers.__version__}"
           + (f", PyTorch {torch.__version__}" if use_torch else ", PyTorch not measured"))
     results = {"model": args.model, "batchnorm": args.batchnorm, "threads": args.threads, "target": args.target,
+               "lr_step": args.lr_step, "lr_gamma": args.lr_gamma,
                "fastlayers": run_fastlayers(args, x, t, xt, tt, orders)}
     if use_torch:
         results["torch"] = run_torch(args, x, t, xt, tt, orders)

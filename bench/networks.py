@@ -70,37 +70,16 @@ if ARGS is not None:
 import numpy as np  # noqa: E402
 
 import fastlayers  # noqa: E402
-from fastlayers import backend, layers, losses, models, optim  # noqa: E402
+from fastlayers import backend, layers, losses  # noqa: E402
 
 from peer import torch, torch_model  # noqa: E402
+from train_step import NETWORKS as BUILDERS  # noqa: E402
+from train_step import batch  # noqa: E402
+from train_step import step_fn as fastlayers_step  # noqa: E402
 
 
 def build(name: str):
-    if name == "simple-cnn":
-        return models.simple_cnn(seed=0)
-    if name == "deep-cnn":
-        return models.deep_cnn(seed=0)
-    return models.mlp(hidden=[100] * 5, batchnorm=True, seed=0)
-
-
-def batch(n: int):
-    rng = np.random.default_rng(0)
-    return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
-
-
-def fastlayers_step(name: str):
-    model = build(name)
-    model.needs_input_grad = False  # as Trainer does, and as PyTorch skips the input's gradient
-    loss, opt = losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters())
-
-    def step(x, t):
-        opt.zero_grad()
-        value = loss.forward(model.forward(x, train=True), t)
-        model.backward(loss.backward())
-        opt.step()
-        return value
-
-    return step
+    return BUILDERS[name]()
 
 
 # -- PyTorch peer --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastlayers import layers, losses, optim
-from fastlayers.trainer import Trainer, accuracy
+from fastlayers.trainer import Trainer, accuracy, step_decay
 
 
 class Recorder(layers.Identity):
@@ -69,7 +69,7 @@ def test_history_and_validation_split():
     hist = trainer.fit(x, t, epochs=2, batch_size=50, validation_split=0.25)
     assert [h["epoch"] for h in hist] == [1, 2]
     for h in hist:
-        assert set(h) == {"epoch", "loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
+        assert set(h) == {"epoch", "loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
         assert 0 <= h["train_accuracy"] <= 1 and 0 <= h["val_accuracy"] <= 1 and h["seconds"] > 0
     seen = np.concatenate(rec.batches[:3])
     assert len(seen) == 150 and len(np.unique(seen)) == 150  # 50 held out, never trained on
@@ -142,3 +142,19 @@ def test_the_trainer_turns_off_the_input_gradient():
     assert trainer.model.layers[0].needs_input_grad is False
     trainer.fit(x, t, epochs=1, batch_size=25)
     assert trainer.model.backward(np.ones((25, 3), np.float32)) is None
+
+
+def test_lr_schedule_sets_the_rate_before_each_epoch():
+    trainer, rec, x, t = make(n=50)
+    hist = trainer.fit(x, t, epochs=5, batch_size=25, lr_schedule=step_decay(0.5, every=2, gamma=0.1))
+    assert [h["lr"] for h in hist] == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.005])
+    assert trainer.optimizer.lr == pytest.approx(0.005)
+    # Epochs count on over a second fit.
+    assert trainer.fit(x, t, epochs=1, batch_size=25, lr_schedule=step_decay(0.5, every=2))[-1]["lr"] == pytest.approx(
+        0.005
+    )
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="every"):
+            step_decay(0.1, bad)
+    with pytest.raises(ValueError, match="gamma"):
+        step_decay(0.1, 2, gamma=0)

@@ -189,17 +189,8 @@ void conv_pool_backward(py::object dx_, py::object dW_, py::object db_, py::obje
     c.shape(dout.a, "dout", {g.N, g.FN, -1, -1});
     c.same_shape(out.a, "out", dout.a, "dout");
     c.same_shape(argmax, "argmax", dout.a, "dout");
+    argmax_in_range(c, argmax, checked_mul(g.OH, g.OW, "OH*OW"));
     const auto* am = static_cast<const std::int64_t*>(argmax.data());
-    const i64 n = static_cast<i64>(argmax.size());
-    std::int64_t lo = 0, hi = 0;
-    {
-        py::gil_scoped_release nogil;
-        maxpool2d_argmax_range(am, n, &lo, &hi);
-    }
-    const i64 plane = checked_mul(g.OH, g.OW, "OH*OW");
-    if (n > 0 && (lo < 0 || hi >= plane))
-        c.value_error("argument 'argmax' holds index " + std::to_string(lo < 0 ? lo : hi) +
-                      "; expected indices in [0, " + std::to_string(plane) + ")");
     if (dx) c.same_shape(dx->a, "dx", x.a, "x");
     c.same_shape(dW.a, "dW", W.a, "W");
     c.shape(db.a, "db", {g.FN});

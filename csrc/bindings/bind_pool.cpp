@@ -32,6 +32,18 @@ py::array int64_array(const Checker& c, py::handle obj, const char* name) {
     return a;
 }
 
+void argmax_in_range(const Checker& c, const py::array& argmax, i64 plane) {
+    const auto* am = static_cast<const std::int64_t*>(argmax.data());
+    std::int64_t lo = 0, hi = 0;
+    {
+        py::gil_scoped_release nogil;
+        maxpool2d_argmax_range(am, static_cast<i64>(argmax.size()), &lo, &hi);
+    }
+    if (argmax.size() > 0 && (lo < 0 || hi >= plane))
+        c.value_error("argument 'argmax' holds index " + std::to_string(lo < 0 ? lo : hi) +
+                      "; expected indices in [0, " + std::to_string(plane) + ")");
+}
+
 // The validated window, stride, padding and output size of an H x W input, as the oracle's
 // _geometry and _pool_pad check them (same conditions, same order).
 PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::handle PH_, py::handle PW_,
@@ -100,16 +112,8 @@ void bind_pool(py::module_& m) {
             c.ndim(dout.a, "dout", 4);
             c.shape(dout.a, "dout", {N, C, -1, -1});
             c.same_shape(argmax, "argmax", dout.a, "dout");
+            argmax_in_range(c, argmax, H * W);
             const auto* am = static_cast<const std::int64_t*>(argmax.data());
-            const i64 n = static_cast<i64>(argmax.size());
-            std::int64_t lo = 0, hi = 0;
-            {
-                py::gil_scoped_release nogil;
-                maxpool2d_argmax_range(am, n, &lo, &hi);
-            }
-            if (n > 0 && (lo < 0 || hi >= H * W))
-                c.value_error("argument 'argmax' holds index " + std::to_string(lo < 0 ? lo : hi) +
-                              "; expected indices in [0, " + std::to_string(H * W) + ")");
             c.outputs_distinct({{&dx.a, "dx"}}, {{&dout.a, "dout"}, {&argmax, "argmax"}});
             dispatch(dout.dtype, [&](auto t) {
                 using T = decltype(t);

@@ -90,6 +90,9 @@ PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::han
                            const char* pad_name = "pad");
 // obj as an int64 array (an index output or input), refused with a TypeError otherwise.
 py::array int64_array(const Checker& c, py::handle obj, const char* name);
+// Refuses an argmax (of max pooling) holding an index outside [0, plane): the backward
+// kernels index with it unchecked.
+void argmax_in_range(const Checker& c, const py::array& argmax, i64 plane);
 
 template <class Fn>
 decltype(auto) dispatch(DType t, Fn&& fn) {

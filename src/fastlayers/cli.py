@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's own, 1e-3 for adam)")
     t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--lr-step", type=int, default=None, metavar="E",
+                   help="multiply the learning rate by --lr-gamma every E epochs (step decay)")
+    t.add_argument("--lr-gamma", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--backend", choices=("native", "numpy"), default=None, help="default: native")
     t.add_argument("--threads", type=int, default=None, help="threads for kernels and GEMM (default: all cores)")
@@ -106,7 +109,7 @@ def _train(args) -> int:
     from .data import DatasetError
     from .losses import SoftmaxCrossEntropy
     from .models import get as get_model
-    from .trainer import Trainer
+    from .trainer import Trainer, step_decay
 
     if args.backend:
         backend.set_backend(args.backend)
@@ -145,6 +148,7 @@ def _train(args) -> int:
         batch_size=args.batch_size,
         validation_split=args.validation_split,
         patience=args.patience,
+        lr_schedule=None if args.lr_step is None else step_decay(lr, args.lr_step, args.lr_gamma),
     )
     wall = time.perf_counter() - start
     test = trainer.evaluate(x_test, t_test)

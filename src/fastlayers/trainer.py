@@ -18,6 +18,16 @@ def accuracy(scores: np.ndarray, t: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=1) == labels)) if len(labels) else math.nan
 
 
+def step_decay(lr: float, every: int, gamma: float = 0.1):
+    """A learning-rate schedule for ``Trainer.fit``: ``lr`` for the first ``every`` epochs,
+    then ``lr * gamma``, then ``lr * gamma**2``, ... (PyTorch's StepLR)."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"step_decay: every must be an int >= 1, got {every!r}")
+    if not (lr >= 0 and gamma > 0):
+        raise ValueError(f"step_decay: need lr >= 0 and gamma > 0, got lr={lr!r}, gamma={gamma!r}")
+    return lambda epoch: lr * gamma ** ((epoch - 1) // every)
+
+
 def _check_xt(x, t, what: str) -> None:
     if not isinstance(x, np.ndarray) or not isinstance(t, np.ndarray):
         raise TypeError(f"{what}: x and t must be numpy arrays")
@@ -36,7 +46,8 @@ class Trainer:
 
     ``history`` holds one dict per epoch: ``epoch``, ``loss`` (mean training loss including
     the weight penalty), ``train_accuracy`` (on the batches as they were trained),
-    ``val_loss`` and ``val_accuracy`` (when there is validation data) and ``seconds``.
+    ``val_loss`` and ``val_accuracy`` (when there is validation data), ``lr`` (the optimizer's
+    learning rate during the epoch) and ``seconds``.
 
     ``profile=True`` times every training step layer by layer (``fastlayers.profile``):
     ``trainer.profile`` then accumulates per-layer forward and backward times, FLOP rates and
@@ -92,13 +103,17 @@ class Trainer:
         restore_best: bool = True,
         monitor: str = "val_loss",
         shuffle: bool = True,
+        lr_schedule=None,
     ) -> list[dict]:
         """Trains for ``epochs`` passes over ``(x, t)``; returns ``history``.
 
         Each epoch visits every sample exactly once in a fresh random order (the textbook
         samples batches with replacement instead); the last batch holds the remainder when
         ``batch_size`` does not divide the sample count; ``shuffle=False`` keeps the given
-        order instead (for comparisons that must feed identical batches). ``validation_split`` holds out that
+        order instead (for comparisons that must feed identical batches). ``lr_schedule``, a
+        function of the epoch number (1, 2, ...; counted over every ``fit`` of this trainer),
+        sets ``optimizer.lr`` before each epoch, e.g. ``step_decay(1e-3, every=10)``; each
+        history record keeps the ``lr`` it trained with. ``validation_split`` holds out that
         fraction of ``(x, t)`` (chosen at random, once) as validation data.
 
         Early stopping: with ``patience`` set, training stops once that many consecutive
@@ -138,6 +153,8 @@ class Trainer:
         first_epoch = len(self.history) + 1
 
         for epoch in range(first_epoch, first_epoch + epochs):
+            if lr_schedule is not None:
+                self.optimizer.lr = lr_schedule(epoch)
             record = self._train_epoch(x, t, batch_size, epoch, first_epoch + epochs - 1, shuffle)
             if validation is not None:
                 val = self.evaluate(*validation, batch_size=max(batch_size, 256))
@@ -187,7 +204,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
-        return {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen, "seconds": seconds}
+        return {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen, "lr": self.optimizer.lr,
+                "seconds": seconds}
 
     def _show(self) -> bool:
         return sys.stderr.isatty() if self.verbose is None else bool(self.verbose)
