@@ -42,9 +42,11 @@ _OPENMP = bool(backend.build_info()["openmp"])
 
 # The native convolution's workspace rule, restated from csrc/conv2d.cpp (constants and
 # decisions alike); tests/test_profile.py pins its results for worked shapes. Each thread
-# that runs a piece of the convolution holds two buffers: slot 0, a tile of col (K, t)
-# (in the backward also dcol, and for the fused kernel a (FN, t) tile of masked dout), and
-# slot 1, the padded input rows one im2col/col2im task reads.
+# that runs a piece of the convolution holds, per Scratch slot: 0, a tile of col (K, t) (in
+# the backward also dcol, and for the conv+ReLU kernel a (FN, t) tile of masked dout); 1, the
+# padded input rows one im2col/col2im task reads; 2 and 3, for the conv+ReLU+pool kernel, one
+# image's convolution output (or gradient) and its masked pooled gradient; 4, the im2col of
+# one image's gradient when dx is computed as a convolution.
 _SCRATCH_BYTES = 1 << 20
 _MAX_GROUPS = 8
 _PARTIAL_BYTES = 32 << 20
@@ -68,8 +70,9 @@ def _team(n: int, min_per_thread: int, threads: int) -> int:
     return min(n, threads) if n >= 2 * min_per_thread else 1
 
 
-def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx) -> int:
-    # fused: 0 (conv alone), 1 (conv + ReLU), 2 (conv + ReLU + max pooling).
+def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0) -> int:
+    # fused: 0 (conv alone), 1 (conv + ReLU), 2 (conv + ReLU + max pooling, whose output
+    # planes have pooled_plane pixels).
     N, C, H, W = shape
     if N == 0:
         return 0
@@ -108,8 +111,9 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
 
     # With the pooling fused, each thread that runs an image also holds its whole
     # convolution output (slot 2, forward) or the gradient routed back to it (backward).
-    slot2 = [0] * threads
+    slot2, slot3, slot4 = [0] * threads, [0] * threads, [0] * threads
     image_bytes = FN * P * itemsize if fused >= 2 else 0
+    masked_bytes = FN * pooled_plane * itemsize if fused >= 2 else 0  # backward: the pooled gradient, masked
 
     # forward: each image on one thread (im2col nested, so on that thread too), or a lone
     # image on the caller with im2col's channels spread over the team.
@@ -134,6 +138,7 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
     if groups == 1:
         use(slot0, 1, work)
         use(slot2, 1, image_bytes)
+        use(slot3, 1, masked_bytes)
         blocks = min(C, _IMAGE_BLOCKS)
         for p0, t in pieces:
             if direct:
@@ -147,17 +152,27 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
         team = _team(groups, _min_items_macs(macs), threads)
         use(slot0, team, work)
         use(slot2, team, image_bytes)
+        use(slot3, team, masked_bytes)
+        # dx as a convolution (transposed_filters): im2col of one image's gradient (slot 4),
+        # through padded rows of that gradient (slot 1).
+        K2 = FN * FH * FW
+        if (dx and not direct and K > 0 and stride == 1 and FH == FW and pad <= FH - 1 and tile == P
+                and K2 * H * W * itemsize <= _SCRATCH_BYTES):
+            use(slot4, team, K2 * H * W * itemsize)
+            rows = (H - 1 + FH) * (OW + 2 * (FH - 1 - pad)) * itemsize
+            use(slot1, team, rows if rows <= _SCRATCH_BYTES else 0)
         if not direct:
             use(slot1, team, max(padded_rows(p0, t) for p0, t in pieces))
-    return sum(slot0) + sum(slot1) + sum(slot2)
+    return sum(slot0) + sum(slot1) + sum(slot2) + sum(slot3) + sum(slot4)
 
 
-def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *,
+def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, pool: Layer | None = None,
                   backend_name: str | None = None, threads: int | None = None) -> int:
     """Bytes of im2col workspace ``layer``'s forward and backward use for an input of
     ``input_shape``; 0 for layers that have none (everything but Conv2d). ``fused`` is how
     many layers after it its kernel runs too: 1 for the ReLU, 2 for ReLU and max pooling
-    (the native fused block then also keeps one image's convolution output per thread).
+    ``pool`` (the native fused block then also keeps one image's convolution output and
+    its pooled gradient per thread).
 
     The NumPy oracle builds the whole batch's col, N·OH·OW·C·FH·FW elements. The native
     kernel works in tiles of at most 1 MiB per thread (plus at most 1 MiB of padded input
@@ -182,8 +197,15 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *,
         _, OH, OW = layer.output_shape((C, H, W))
         return N * OH * OW * C * FH * FW * itemsize
     threads = (backend.get_num_threads() if threads is None else int(threads)) if _OPENMP else 1
+    pooled_plane = 0
+    if int(fused) >= 2:
+        if pool is None:
+            raise ValueError("scratch_bytes: a convolution fused with its pooling needs the pool layer (pool=...)")
+        _, _, POH, POW = pool._output((shape[0], *layer.output_shape(shape[1:])))
+        pooled_plane = POH * POW
     return _native_conv_scratch(
-        shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad
+        shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad,
+        pooled_plane,
     )
 
 
@@ -211,10 +233,10 @@ def _describe(layer: Layer) -> str:
 class _Unit:
     """Accumulated totals of one row."""
 
-    __slots__ = ("name", "layer", "fused", "fwd_ns", "bwd_ns", "fwd_flops", "bwd_flops", "scratch", "shape", "_memo")
+    __slots__ = ("name", "layer", "absorbed", "fwd_ns", "bwd_ns", "fwd_flops", "bwd_flops", "scratch", "shape", "_memo")
 
-    def __init__(self, name: str, layer: Layer | None = None, fused: int = 0):
-        self.name, self.layer, self.fused = name, layer, fused
+    def __init__(self, name: str, layer: Layer | None = None, absorbed: tuple = ()):
+        self.name, self.layer, self.absorbed = name, layer, absorbed
         self.fwd_ns = self.bwd_ns = 0
         self.fwd_flops = self.bwd_flops = 0
         self.scratch = 0
@@ -232,7 +254,9 @@ class _Unit:
                 flops = self.layer.flops(shape)
             except NotImplementedError:  # a nested container: its children are not split out
                 flops = (0, 0)
-            scratch = scratch_bytes(self.layer, shape, self.fused, backend_name=context[0], threads=context[1])
+            absorbed = self.absorbed
+            scratch = scratch_bytes(self.layer, shape, len(absorbed), pool=absorbed[1] if len(absorbed) > 1 else None,
+                                    backend_name=context[0], threads=context[1])
             hit = self._memo[key] = (flops, scratch)
         self.scratch = max(self.scratch, hit[1])
         return hit[0]
@@ -252,7 +276,7 @@ class _TimedRunner:
             name = "".join([
                 "" if index is None else f"{index} ", _describe(layer), *("+" + _describe(a) for a in absorbed)
             ])
-            unit = units[key] = _Unit(name, layer, len(absorbed))
+            unit = units[key] = _Unit(name, layer, absorbed)
         return unit
 
     def forward(self, units, x, train):
