@@ -25,6 +25,7 @@ def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("simple-cnn", "deep-cnn", "mlp"), default="simple-cnn")
     p.add_argument("--batchnorm", action="store_true", help="deep-cnn, mlp: BatchNorm after each conv / hidden affine")
+    p.add_argument("--dropout", type=float, default=None, help="deep-cnn, mlp: dropout ratio (default: the model's)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--target", type=float, default=0.90, help="test accuracy whose time-to-reach is reported")
     p.add_argument("--lr-step", type=int, default=None, metavar="E", help="lr x --lr-gamma every E epochs (both)")
@@ -62,6 +63,8 @@ def build(args):
     kw = {"seed": args.seed}
     if args.batchnorm:
         kw["batchnorm"] = True
+    if args.dropout is not None:
+        kw["dropout"] = args.dropout
     if args.model == "mlp":
         kw["hidden"] = [100] * 5
     return models.get(args.model, **kw)
@@ -130,14 +133,15 @@ def main(args):
         x, t = x[:2000], t[:2000]
     rng = np.random.default_rng(args.seed)
     orders = [rng.permutation(len(x)) for _ in range(args.epochs)]
-    name = args.model + (" + BatchNorm" if args.batchnorm else "")
+    name = args.model + (" + BatchNorm" if args.batchnorm else "") + (
+        f", dropout {args.dropout:g}" if args.dropout is not None else "")
     print(f"{name} on Fashion-MNIST ({len(x)} train / {len(xt)} test), Adam lr 1e-3"
           + (f" x {args.lr_gamma:g} every {args.lr_step} epochs" if args.lr_step else "")
           + f", batch 100, {args.epochs} epochs, "
           f"{args.threads} threads; fastlayers {fastlayers.__version__}"
           + (f", PyTorch {torch.__version__}" if use_torch else ", PyTorch not measured"))
     results = {"model": args.model, "batchnorm": args.batchnorm, "threads": args.threads, "target": args.target,
-               "lr_step": args.lr_step, "lr_gamma": args.lr_gamma,
+               "lr_step": args.lr_step, "lr_gamma": args.lr_gamma, "dropout": args.dropout,
                "fastlayers": run_fastlayers(args, x, t, xt, tt, orders)}
     if use_torch:
         results["torch"] = run_torch(args, x, t, xt, tt, orders)

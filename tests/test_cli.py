@@ -82,6 +82,17 @@ def test_train_batchnorm_builds_the_batchnorm_variant(tmp_path, capsys):
     assert "--batchnorm" in capsys.readouterr().err
 
 
+def test_train_dropout_sets_the_ratio(tmp_path, capsys):
+    path = tmp_path / "do.safetensors"
+    args = ["train", "--model", "mlp", "--dropout", "0.25", "--epochs", "1", "--limit", "200", "--json", "--quiet"]
+    assert cli.main(args + ["--save", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["dropout"] == 0.25
+    ratios = [layer.p for layer in fastlayers.load(path) if isinstance(layer, fastlayers.layers.Dropout)]
+    assert ratios and all(p == 0.25 for p in ratios)
+    assert cli.main(["train", "--model", "simple-cnn", "--dropout", "0.1", "--quiet"]) == 2
+    assert "--dropout" in capsys.readouterr().err
+
+
 def test_gradcheck_command_passes_for_a_model(capsys):
     assert cli.main(["gradcheck", "--model", "mlp", "--max-entries", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

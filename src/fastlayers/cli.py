@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--batchnorm", action="store_true", help="deep-cnn and mlp: BatchNorm after every convolution and hidden affine"
     )
+    t.add_argument("--dropout", type=float, default=None, metavar="P",
+                   help="deep-cnn and mlp: dropout ratio (deep-cnn's default is the textbook's 0.5, mlp's 0)")
     t.add_argument(
         "--data",
         default="bundled",
@@ -129,6 +131,11 @@ def _train(args) -> int:
             print("fastlayers: --batchnorm applies to deep-cnn and mlp, not simple-cnn", file=sys.stderr)
             return 2
         size["batchnorm"] = True
+    if args.dropout is not None:
+        if args.model == "simple-cnn":
+            print("fastlayers: --dropout applies to deep-cnn and mlp, not simple-cnn", file=sys.stderr)
+            return 2
+        size["dropout"] = args.dropout
     model = get_model(args.model, seed=args.seed, **size)
     kwargs = {"weight_decay": args.weight_decay} if args.lr is None else {"lr": args.lr, "weight_decay": args.weight_decay}
     opt = optim.get(args.optimizer, model.parameters(), **kwargs)
@@ -155,6 +162,7 @@ def _train(args) -> int:
     result = {
         "model": args.model,
         "batchnorm": bool(args.batchnorm),
+        "dropout": args.dropout,
         "data": args.data,
         "backend": backend.get_backend(),
         "threads": backend.get_num_threads(),
