@@ -379,6 +379,8 @@ def _out_size(size: int, k: int, stride: int, pad: int) -> int:
 class Conv2d(_WeightBias):
     """2-D convolution (cross-correlation, as in the textbook) over NCHW input."""
 
+    fuses_relu_maxpool = True
+
     def __init__(
         self,
         in_channels,
@@ -411,8 +413,6 @@ class Conv2d(_WeightBias):
         _, H, W = input_shape
         (FH, FW), s, p = self.kernel_size, self.stride, self.padding
         return self.out_channels, _out_size(H, FH, s, p), _out_size(W, FW, s, p)
-
-    fuses_relu_maxpool = True
 
     def _checked(self, x):
         x = self._input(x)
@@ -472,7 +472,9 @@ class Conv2d(_WeightBias):
 
     def flops(self, input_shape):
         # Per image, out (FN, OH·OW) = W (FN, K) @ col (K, OH·OW) with K = C·FH·FW; the
-        # backward's dW = dout @ col.T and dcol = W.T @ dout are products of the same size.
+        # backward's dW = dout @ col.T and dcol = W.T @ dout are products of the same size
+        # (the native kernel computes dx as a convolution where it can, a product of
+        # C·H·W·FN·FH·FW multiply-adds: the same when the output is the input's size).
         N, C, H, W = (int(d) for d in input_shape)
         FN, OH, OW = self.output_shape((C, H, W))
         FH, FW = self.kernel_size
