@@ -37,13 +37,13 @@
 
 #include "blas.h"
 #include "conv.h"
-#include "pool.h"
 #include "isa_dispatch.h"
+#include "pool.h"
+#include "vecmath.h"
 
 #ifdef FL_AVX512_DISPATCH
 #include <immintrin.h>
 #endif
-#include "vecmath.h"
 
 namespace fl {
 
