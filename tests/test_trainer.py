@@ -158,3 +158,7 @@ def test_lr_schedule_sets_the_rate_before_each_epoch():
             step_decay(0.1, bad)
     with pytest.raises(ValueError, match="gamma"):
         step_decay(0.1, 2, gamma=0)
+    with pytest.raises(TypeError, match="lr_schedule"):
+        trainer.fit(x, t, epochs=1, lr_schedule=0.01)
+    with pytest.raises(ValueError, match="lr"):
+        trainer.fit(x, t, epochs=1, lr_schedule=lambda epoch: -1.0)

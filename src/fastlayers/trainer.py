@@ -141,6 +141,8 @@ class Trainer:
             _check_xt(*validation, "fit validation")
         if len(x) == 0:
             raise ValueError("fit: no training samples")
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError(f"fit: lr_schedule must be a function of the epoch number, got {type(lr_schedule).__name__}")
         if monitor not in ("val_loss", "val_accuracy"):
             raise ValueError(f"fit: monitor must be 'val_loss' or 'val_accuracy', got {monitor!r}")
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
