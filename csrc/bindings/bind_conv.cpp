@@ -85,6 +85,14 @@ void nonempty_filter(const Checker& c, const Arr& W, const ConvGeometry& g) {
         c.value_error("argument 'W' must have a non-empty filter; got shape " + shape_str(W.a));
 }
 
+// conv_args, a non-empty filter, then the validated stride, pad and output size.
+ConvGeometry checked_conv(const Checker& c, const Arr& x, const Arr& W, py::handle stride, py::handle pad) {
+    ConvGeometry g = conv_args(c, x, W);
+    nonempty_filter(c, W, g);
+    geometry(c, g, stride, pad, "x");
+    return g;
+}
+
 template <bool Relu>
 void forward(const char* kernel, py::object out_, py::object x_, py::object W_, py::object b_, py::object stride,
              py::object pad) {
@@ -121,9 +129,7 @@ void backward(const char* kernel, py::object dx_, py::object dW_, py::object db_
     auto dx = optional_output(c, dx_, "dx", x.dtype, "x");
     Arr dW = output(c, dW_, "dW", x.dtype, "x");
     Arr db = output(c, db_, "db", x.dtype, "x");
-    ConvGeometry g = conv_args(c, x, W);
-    nonempty_filter(c, W, g);
-    geometry(c, g, stride, pad, "x");
+    ConvGeometry g = checked_conv(c, x, W, stride, pad);
     c.shape(dout.a, "dout", {g.N, g.FN, g.OH, g.OW});
     if (out) c.same_shape(out->a, "out", dout.a, "dout");
     if (dx) c.same_shape(dx->a, "dx", x.a, "x");
@@ -154,9 +160,7 @@ void conv_pool_forward(py::object out_, py::object argmax_, py::object x_, py::o
     Arr out = output(c, out_, "out", x.dtype, "x");
     py::array argmax = int64_array(c, argmax_, "argmax");
     c.writeable(argmax, "argmax");
-    ConvGeometry g = conv_args(c, x, W);
-    nonempty_filter(c, W, g);
-    geometry(c, g, stride, pad, "x");
+    ConvGeometry g = checked_conv(c, x, W, stride, pad);
     const PoolGeometry pg = pool_geometry(c, g.N, g.FN, g.OH, g.OW, PH, PW, pool_stride, pool_pad, "x",
                                           "pool_stride", "pool_pad");
     c.shape(b.a, "b", {g.FN});
@@ -182,9 +186,7 @@ void conv_pool_backward(py::object dx_, py::object dW_, py::object db_, py::obje
     auto dx = optional_output(c, dx_, "dx", x.dtype, "x");
     Arr dW = output(c, dW_, "dW", x.dtype, "x");
     Arr db = output(c, db_, "db", x.dtype, "x");
-    ConvGeometry g = conv_args(c, x, W);
-    nonempty_filter(c, W, g);
-    geometry(c, g, stride, pad, "x");
+    ConvGeometry g = checked_conv(c, x, W, stride, pad);
     c.ndim(dout.a, "dout", 4);
     c.shape(dout.a, "dout", {g.N, g.FN, -1, -1});
     c.same_shape(out.a, "out", dout.a, "dout");

@@ -133,6 +133,16 @@ def _conv_args(c: Checker, x, W):
     return N, C, H, Wd, FN, FH, FW
 
 
+def _checked_conv(c: Checker, x, W, stride, pad):
+    """x and W as in _conv_args, a non-empty filter, then the validated geometry:
+    (N, C, H, W, FN, FH, FW, stride, pad, OH, OW)."""
+    N, C, H, Wd, FN, FH, FW = _conv_args(c, x, W)
+    if FH < 1 or FW < 1:
+        c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
+    FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
+    return N, C, H, Wd, FN, FH, FW, stride, pad, OH, OW
+
+
 def _forward_args(c: Checker, out, x, W, b, stride, pad):
     x = c.input(x, "x")
     W = c.input(W, "W", x, "x")
@@ -176,10 +186,7 @@ def _backward_args(c: Checker, dx, dW, db, dout, x, W, out, stride, pad, fused: 
     dx = c.optional_output(dx, "dx", x, "x")
     dW = c.output(dW, "dW", x, "x")
     db = c.output(db, "db", x, "x")
-    N, C, H, Wd, FN, FH, FW = _conv_args(c, x, W)
-    if FH < 1 or FW < 1:
-        c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
-    FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
+    N, C, H, Wd, FN, FH, FW, stride, pad, OH, OW = _checked_conv(c, x, W, stride, pad)
     c.shape(dout, "dout", (N, FN, OH, OW))
     if fused:
         c.same_shape(out, "out", dout, "dout")
@@ -315,10 +322,7 @@ def avgpool2d_backward(dx, dout, PH, PW, stride, pad):
 
 
 def _conv_pool_geometry(c: Checker, x, W, stride, pad, PH, PW, pool_stride, pool_pad):
-    N, C, H, Wd, FN, FH, FW = _conv_args(c, x, W)
-    if FH < 1 or FW < 1:
-        c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
-    FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
+    N, C, H, Wd, FN, FH, FW, stride, pad, OH, OW = _checked_conv(c, x, W, stride, pad)
     PH, PW, pool_stride, pool_pad, POH, POW = _geometry(
         c, OH, OW, PH, PW, pool_stride, pool_pad, "PH", "PW", "x", "pool_stride", "pool_pad"
     )
@@ -362,10 +366,7 @@ def conv2d_relu_maxpool2d_backward(dx, dW, db, dout, x, W, out, argmax, stride, 
     dx = c.optional_output(dx, "dx", x, "x")
     dW = c.output(dW, "dW", x, "x")
     db = c.output(db, "db", x, "x")
-    N, C, H, Wd, FN, FH, FW = _conv_args(c, x, W)
-    if FH < 1 or FW < 1:
-        c.value_error(f"argument 'W' must have a non-empty filter; got shape {W.shape}")
-    FH, FW, stride, pad, OH, OW = _geometry(c, H, Wd, FH, FW, stride, pad)
+    N, C, H, Wd, FN, FH, FW, stride, pad, OH, OW = _checked_conv(c, x, W, stride, pad)
     c.ndim(dout, "dout", 4)
     c.shape(dout, "dout", (N, FN, -1, -1))
     c.same_shape(out, "out", dout, "dout")
