@@ -40,6 +40,7 @@
 #include "isa_dispatch.h"
 #include "pool.h"
 #include "vecmath.h"
+#include "winograd.h"
 
 #ifdef FL_AVX512_DISPATCH
 #include <immintrin.h>
@@ -420,6 +421,13 @@ template <class T, bool Relu>
 void forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) {
     const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
     if (N == 0 || FN == 0) return;
+    if constexpr (std::is_same_v<T, float>) {
+        if (winograd_forward_applies(g)) {
+            const std::vector<float> U = winograd_filters(W, FN, g.C, false);
+            winograd_conv(out, x, U.data(), b, Relu, N, g.C, g.H, g.W, FN, g.pad);
+            return;
+        }
+    }
     const Plan pl = plan(g, sizeof(T));
     if (N == 1) {
         forward_image<T, Relu>(out, x, W, b, g, pl, true);
@@ -568,8 +576,42 @@ std::vector<T> transposed_filters(const T* W, const ConvGeometry& g, const Plan&
     return Wt;
 }
 
+// The Winograd backward (winograd.h) of a convolution whose output gradient is gfull
+// (N, FN, OH, OW): dW and db accumulated, dx (when non-null) overwritten.
+void winograd_backward(float* dx, float* dW, float* db, const float* gfull, const float* x, const float* W,
+                       const ConvGeometry& g) {
+    // dx (N, C, H, W) or null; dW (FN, C, 3, 3), db (FN,) +=; gfull (N, FN, OH, OW); x (N, C, H, W)
+    const i64 N = g.N, FN = g.FN, P = g.OH * g.OW;
+    winograd_dW(dW, gfull, x, g);
+    // db: each filter's sum over images then pixels, in double, one thread per filter.
+    parallel_for(FN, [&](i64 f) {
+        double s = 0.0;
+        for (i64 n = 0; n < N; ++n) s += vm::sum_lanes(gfull + (n * FN + f) * P, P);
+        db[f] += static_cast<float>(s);
+    }, min_items(N * P));
+    if (dx) {
+        // dx is dY convolved with the flipped, transposed filters, padded by 2 - pad.
+        const std::vector<float> Ut = winograd_filters(W, FN, g.C, true);
+        winograd_conv(dx, gfull, Ut.data(), nullptr, false, N, FN, g.OH, g.OW, g.C, 2 - g.pad);
+    }
+}
+
 template <class T, bool Relu>
 void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out, const ConvGeometry& g) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (winograd_backward_applies(g)) {
+            const T* gfull = dout;
+            std::vector<T> masked;
+            if (Relu) {
+                const i64 n = checked_mul(checked_mul(g.N, g.FN, "N*FN"), g.OH * g.OW, "N*FN*OH*OW");
+                masked.resize(static_cast<size_t>(n));
+                parallel_chunks(n, [&](i64 a, i64 e) { vm::relu_mask(masked.data() + a, out + a, dout + a, e - a); });
+                gfull = masked.data();
+            }
+            winograd_backward(dx, dW, db, gfull, x, W, g);
+            return;
+        }
+    }
     const Plan pl = plan(g, sizeof(T));
     const i64 FNP = g.FN * pl.P, CHW = g.C * g.H * g.W;  // dout's and x's blocks per image
     const std::vector<T> Wt = transposed_filters(W, g, pl, dx != nullptr);
@@ -596,6 +638,16 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
     if (N == 0 || FN == 0) return;
     const Plan pl = plan(g, sizeof(T));
     const i64 FNP = checked_mul(FN, pl.P, "FN*OH*OW"), FNPP = FN * pg.OH * pg.OW;
+    if constexpr (std::is_same_v<T, float>) {
+        if (winograd_forward_applies(g)) {
+            // The convolution runs a chunk of images at a time: y is the whole batch's.
+            std::vector<T> y(static_cast<size_t>(checked_mul(N, FNP, "N*FN*OH*OW")));
+            const std::vector<float> U = winograd_filters(W, FN, g.C, false);
+            winograd_conv(y.data(), x, U.data(), b, true, N, g.C, g.H, g.W, FN, g.pad);
+            maxpool2d_forward(out, argmax, y.data(), pg);
+            return;
+        }
+    }
     PoolGeometry one = pg;  // the pooling of one image's y_n
     one.N = 1;
     if (N == 1) {
@@ -625,16 +677,14 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
     const Plan pl = plan(g, sizeof(T));
     const i64 FN = g.FN, P = pl.P, PP = POH * POW, CHW = g.C * g.H * g.W;
     const i64 FNP = checked_mul(FN, P, "FN*OH*OW");
-    const std::vector<T> Wt = transposed_filters(W, g, pl, dx != nullptr);
-    backward_images(dx, dW, db, g, pl, [&](i64 n, T* dWg, double* dbg, bool split) {
-        Scratch<T, 2> scratch(FNP);
-        T* gn = scratch.get();  // (FN, OH*OW)
+    // gn (FN, OH*OW) = image n's gradient of y: dout routed to each window's argmax, kept
+    // where out > 0. Every window that chose an element saw the same value there (out is that
+    // element), so masking each contribution masks the sum. The mask is a vectorised select
+    // of its own: inside the scatter loop GCC compiles it to a branch, which random signs
+    // mispredict half the time.
+    auto route = [&](T* gn, i64 n) {
         Scratch<T, 3> masked_scratch(FN * PP);
         T* masked = masked_scratch.get();  // (FN, POH*POW): dout where out > 0
-        // Every window that chose an element saw the same value there (out is that element),
-        // so masking each contribution masks the sum. The mask is a vectorised select of its
-        // own: inside the scatter loop GCC compiles it to a branch, which random signs
-        // mispredict half the time.
         vm::relu_mask(masked, out + n * FN * PP, dout + n * FN * PP, FN * PP);
         std::fill(gn, gn + FNP, T(0));
         for (i64 f = 0; f < FN; ++f) {
@@ -643,6 +693,20 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
             const std::int64_t* am = argmax + (n * FN + f) * PP;
             for (i64 q = 0; q < PP; ++q) plane[am[q]] += m[q];
         }
+    };
+    if constexpr (std::is_same_v<T, float>) {
+        if (winograd_backward_applies(g)) {
+            std::vector<T> gfull(static_cast<size_t>(checked_mul(g.N, FNP, "N*FN*OH*OW")));
+            parallel_for(g.N, [&](i64 n) { route(gfull.data() + n * FNP, n); }, min_items(FNP));
+            winograd_backward(dx, dW, db, gfull.data(), x, W, g);
+            return;
+        }
+    }
+    const std::vector<T> Wt = transposed_filters(W, g, pl, dx != nullptr);
+    backward_images(dx, dW, db, g, pl, [&](i64 n, T* dWg, double* dbg, bool split) {
+        Scratch<T, 2> scratch(FNP);
+        T* gn = scratch.get();  // (FN, OH*OW)
+        route(gn, n);
         backward_image<T, false>(dx ? dx + n * CHW : nullptr, dWg, dbg, gn, x + n * CHW, W, nullptr, g, pl, split,
                                  split || Wt.empty() ? nullptr : Wt.data());
     });

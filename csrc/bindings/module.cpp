@@ -4,6 +4,7 @@
 #include "blas.h"
 #include "checks.h"
 #include "threading.h"
+#include "winograd.h"
 
 namespace fl::bind {
 void bind_affine(py::module_& m);
@@ -55,6 +56,8 @@ PYBIND11_MODULE(_native, m) {
     });
     m.def("set_num_threads", &fl::threads::set_num_threads, py::arg("n"));
     m.def("get_num_threads", &fl::threads::num_threads);
+    m.def("set_winograd_mode", &fl::set_winograd_mode, py::arg("mode"));
+    m.def("get_winograd_mode", &fl::winograd_mode);
     // Private: lets the thread-pool test show that its probe detects the fight it guards.
     m.def("_blas_separate_pools", &fl::blas::use_separate_pools, py::arg("on"), py::arg("threads"));
 

@@ -87,6 +87,28 @@ def get_num_threads() -> int:
     return _native.get_num_threads()
 
 
+_WINOGRAD_MODES = ("auto", "never", "always")
+
+
+def set_winograd(mode: str) -> None:
+    """When float32 3x3 stride-1 convolutions use Winograd F(4x4, 3x3) instead of im2col.
+
+    ``"auto"`` (the default): forward, dW and dx of layers with at least 32 input and 32
+    output channels, where it measured faster here (``bench/winograd.py``); ``"never"``;
+    ``"always"``: every 3x3 stride-1 float32 convolution with padding <= 2, whatever its
+    channels. Float64 always uses im2col. Winograd rounds differently from im2col (about
+    10x the float32 error of the direct sum, still far below training noise), and it is
+    deterministic: the same bits for any thread count.
+    """
+    if mode not in _WINOGRAD_MODES:
+        raise ValueError(f"set_winograd: mode must be one of {_WINOGRAD_MODES}, got {mode!r}")
+    _native.set_winograd_mode(_WINOGRAD_MODES.index(mode))
+
+
+def get_winograd() -> str:
+    return _WINOGRAD_MODES[_native.get_winograd_mode()]
+
+
 def build_info() -> dict:
     """Compiler, OpenMP, threads, BLAS and the native kernels of this build."""
     info = dict(_native.build_facts())

@@ -1,0 +1,404 @@
+// Winograd F(4x4, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2016), forward, dx and dW, float32.
+//
+// Why. im2col + GEMM performs 9*Cin multiply-adds per output value; F(4x4, 3x3) computes a
+// 4x4 output tile from a 6x6 input tile with 36 per (input, output) channel pair, 4x fewer.
+// For one tile and channels c -> f:
+//   Y (4,4) = A^T [ U (6,6) .* V (6,6) ] A,   U = G w (3,3) G^T,   V = B^T d (6,6) B
+// with (points 0, 1, -1, 2, -2, infinity)
+//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//   G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+// Summing over input channels inside the transformed domain turns the products into 36
+// independent GEMMs, one per point xi of the 6x6 tile, over all tiles T of a chunk of images:
+//   M[xi] (T, Cout) = V[xi] (T, Cin) @ U[xi] (Cin, Cout)
+// bench/winograd.py measured these GEMMs at 0.24x to 0.47x of the im2col GEMM's time for
+// deep_cnn's layers with 32 and 64 channels (0.67x to 0.72x with 16: OpenBLAS runs an inner
+// dimension of 16 poorly), which is where set_winograd_mode's automatic choice uses them.
+//
+// Backward. Y is linear in U and in V, so with dY the gradient of a tile of output:
+//   dM = A dY A^T (6,6),   dU[xi] (Cin, Cout) = sum over tiles of V[xi]^T dM[xi],
+//   dW = G^T dU G (3,3) per channel pair
+// (tile outputs beyond OH x OW get dY = 0, so overhanging tiles add nothing). dU's GEMMs
+// have the tile count as inner dimension, which OpenBLAS runs at full speed. dx is the
+// convolution of dY, padded by 2 - pad, with the filters flipped and transposed (see
+// conv2d.cpp), so it is winograd_conv with winograd_filters(W, FN, C, true).
+//
+// Layout and blocking. Images are cut into fixed chunks (their number depends on the shapes
+// only) of about kChunkBytes of V and M; a chunk's input planes are copied to a zero-padded
+// channel-last buffer so that each transform is straight-line arithmetic over kLanes
+// channels at once, which vectorises without gathers. Each chunk runs on one thread with
+// single-threaded GEMMs (blas.h). dW sums one partial per chunk, in chunk order: results
+// are the same for any thread count.
+//
+// Accuracy. The transforms multiply values by up to 8 (A^T) and 5 (B^T) and G has entries
+// 1/6 and 1/24 that float32 cannot hold, so outputs carry more rounding than the direct
+// sum: bench/winograd.py measured 2e-6 to 3e-6 of max|out| against 3e-7 for im2col at
+// deep_cnn's shapes; tests/test_native_winograd.py bounds it.
+#include "winograd.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+
+#include "blas.h"
+#include "isa_dispatch.h"
+#include "vecmath.h"
+
+namespace fl {
+
+namespace {
+
+std::atomic<int> g_mode{0};
+
+constexpr i64 kTaps = 36;   // points of a transformed 6x6 tile, xi = 6*i + j
+constexpr i64 kLanes = 16;  // channels transformed together: one AVX-512 vector of floats
+// V and M of one chunk together; a chunk is at least one image.
+constexpr i64 kChunkBytes = i64{2} << 20;
+// Beyond this, one image's V and M would not stay in cache (or memory): im2col tiles instead.
+constexpr double kMaxImageBytes = double(i64{64} << 20);
+// The automatic choice: both channel counts at least this (see the header comment).
+constexpr i64 kAutoMinChannels = 32;
+
+// This thread's buffer for slot Slot, kept across calls.
+template <int Slot>
+float* scratch(i64 n) {
+    static thread_local std::vector<float> kept;
+    if (kept.size() < static_cast<size_t>(n)) kept.resize(static_cast<size_t>(n));
+    return kept.data();
+}
+
+struct Tiling {
+    i64 N, Cin, H, W, Cout, pad;
+    i64 OH, OW, th, tw, Tn;  // output plane; tiles per side and per image
+    i64 Hp, Wp;              // the padded channel-last plane a chunk's tiles read
+    i64 imgs, chunks;        // images per chunk (the last may have fewer), chunk count
+};
+
+Tiling tiling(i64 N, i64 Cin, i64 H, i64 W, i64 Cout, i64 pad) {
+    Tiling t{};
+    t.N = N, t.Cin = Cin, t.H = H, t.W = W, t.Cout = Cout, t.pad = pad;
+    t.OH = H + 2 * pad - 2, t.OW = W + 2 * pad - 2;
+    t.th = (t.OH + 3) / 4, t.tw = (t.OW + 3) / 4;
+    t.Tn = checked_mul(t.th, t.tw, "Winograd tiles per image");
+    t.Hp = 4 * t.th + 2, t.Wp = 4 * t.tw + 2;
+    const i64 per_image = checked_mul(checked_mul(kTaps * 4, t.Tn, "Winograd buffer bytes"), Cin + Cout,
+                                      "Winograd buffer bytes");
+    t.imgs = std::clamp<i64>(kChunkBytes / std::max<i64>(1, per_image), 1, std::max<i64>(1, N));
+    t.chunks = (N + t.imgs - 1) / t.imgs;
+    return t;
+}
+
+// ---- the transforms, over n <= kLanes channels (the innermost, contiguous axis) --------
+// out[k*os + c] for k = 0..5 from in[k*is + c]: the rows of B^T applied along one axis.
+FL_ALWAYS_INLINE void apply_bt(float* out, i64 os, const float* in, i64 is, i64 n) {
+    FL_SIMD
+    for (i64 c = 0; c < n; ++c) {
+        const float d0 = in[c], d1 = in[is + c], d2 = in[2 * is + c];
+        const float d3 = in[3 * is + c], d4 = in[4 * is + c], d5 = in[5 * is + c];
+        out[c] = 4.0f * d0 - 5.0f * d2 + d4;
+        out[os + c] = (d3 + d4) - 4.0f * (d1 + d2);
+        out[2 * os + c] = (d4 - d3) + 4.0f * (d1 - d2);
+        out[3 * os + c] = (d4 - d2) + 2.0f * (d3 - d1);
+        out[4 * os + c] = (d4 - d2) - 2.0f * (d3 - d1);
+        out[5 * os + c] = 4.0f * d1 - 5.0f * d3 + d5;
+    }
+}
+
+// out[k*os + c] for k = 0..3 from in[k*is + c], k = 0..5: the rows of A^T.
+FL_ALWAYS_INLINE void apply_at(float* out, i64 os, const float* in, i64 is, i64 n) {
+    FL_SIMD
+    for (i64 c = 0; c < n; ++c) {
+        const float m0 = in[c], m1 = in[is + c], m2 = in[2 * is + c];
+        const float m3 = in[3 * is + c], m4 = in[4 * is + c], m5 = in[5 * is + c];
+        const float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+        out[c] = m0 + s12 + s34;
+        out[os + c] = d12 + 2.0f * d34;
+        out[2 * os + c] = s12 + 4.0f * s34;
+        out[3 * os + c] = d12 + 8.0f * d34 + m5;
+    }
+}
+
+// out[k*os + c] for k = 0..5 from in[k*is + c], k = 0..3: the rows of A (A^T's adjoint).
+FL_ALWAYS_INLINE void apply_a(float* out, i64 os, const float* in, i64 is, i64 n) {
+    FL_SIMD
+    for (i64 c = 0; c < n; ++c) {
+        const float y0 = in[c], y1 = in[is + c], y2 = in[2 * is + c], y3 = in[3 * is + c];
+        const float s02 = y0 + y2, s13 = y1 + y3, e02 = y0 + 4.0f * y2, e13 = 2.0f * y1 + 8.0f * y3;
+        out[c] = y0;
+        out[os + c] = s02 + s13;
+        out[2 * os + c] = s02 - s13;
+        out[3 * os + c] = e02 + e13;
+        out[4 * os + c] = e02 - e13;
+        out[5 * os + c] = y3;
+    }
+}
+
+// xh (Hp, Wp, Cin) = plane x (Cin, H, W) channel-last, shifted by pad, zero elsewhere.
+void to_padded_channel_last(float* xh, const float* x, const Tiling& t) {
+    const i64 C = t.Cin, H = t.H, W = t.W, pad = t.pad, Wp = t.Wp;
+    std::fill(xh, xh + t.Hp * Wp * C, 0.0f);
+    const i64 rows = std::min(H, t.Hp - pad), cols = std::min(W, Wp - pad);
+    for (i64 c = 0; c < C; ++c)
+        for (i64 h = 0; h < rows; ++h) {
+            const float* src = x + (c * H + h) * W;  // (W,)
+            float* dst = xh + ((h + pad) * Wp + pad) * C + c;
+            for (i64 w = 0; w < cols; ++w) dst[w * C] = src[w];
+        }
+}
+
+// V[xi][t0 + tile][c] (V is (36, T, Cin)) for every tile of one image's padded plane xh.
+FL_ALWAYS_INLINE void input_transform(float* V, const float* xh, const Tiling& t, i64 t0, i64 T) {
+    const i64 C = t.Cin, Wp = t.Wp, TC = T * C;
+    alignas(64) float tmp[36 * kLanes];  // (6 rows i, 6 columns q, lanes)
+    for (i64 ty = 0; ty < t.th; ++ty)
+        for (i64 tx = 0; tx < t.tw; ++tx) {
+            const float* d = xh + (4 * ty * Wp + 4 * tx) * C;  // d[p][q][c] = d[(p*Wp + q)*C + c]
+            float* v = V + (t0 + ty * t.tw + tx) * C;        // v[xi*TC + c]
+            for (i64 c0 = 0; c0 < C; c0 += kLanes) {
+                const i64 n = std::min(kLanes, C - c0);
+                for (i64 q = 0; q < 6; ++q) apply_bt(tmp + q * kLanes, 6 * kLanes, d + q * C + c0, Wp * C, n);
+                for (i64 i = 0; i < 6; ++i) apply_bt(v + 6 * i * TC + c0, TC, tmp + 6 * i * kLanes, kLanes, n);
+            }
+        }
+}
+
+// One image's output tiles from M (36, T, Cout) into yh (4*th, 4*tw, Cout).
+FL_ALWAYS_INLINE void output_transform(float* yh, const float* M, const Tiling& t, i64 t0, i64 T) {
+    const i64 K = t.Cout, TK = T * K, row = 4 * t.tw * K;
+    alignas(64) float tmp[24 * kLanes];  // (4 rows r, 6 columns j, lanes)
+    for (i64 ty = 0; ty < t.th; ++ty)
+        for (i64 tx = 0; tx < t.tw; ++tx) {
+            const float* m = M + (t0 + ty * t.tw + tx) * K;  // m[xi*TK + k]
+            float* y = yh + 4 * ty * row + 4 * tx * K;        // y[r*row + s*K + k]
+            for (i64 k0 = 0; k0 < K; k0 += kLanes) {
+                const i64 n = std::min(kLanes, K - k0);
+                for (i64 j = 0; j < 6; ++j) apply_at(tmp + j * kLanes, 6 * kLanes, m + j * TK + k0, 6 * TK, n);
+                for (i64 r = 0; r < 4; ++r) apply_at(y + r * row + k0, K, tmp + 6 * r * kLanes, kLanes, n);
+            }
+        }
+}
+
+// dM[xi][t0 + tile][k] (dM is (36, T, Cout)) = A dY A^T for every tile of one image's
+// gradient gh (4*th, 4*tw, Cout), channel-last, zero beyond OH x OW.
+FL_ALWAYS_INLINE void gradient_transform(float* dM, const float* gh, const Tiling& t, i64 t0, i64 T) {
+    const i64 K = t.Cout, TK = T * K, row = 4 * t.tw * K;
+    alignas(64) float tmp[24 * kLanes];  // (6 rows q, 4 columns s, lanes)
+    for (i64 ty = 0; ty < t.th; ++ty)
+        for (i64 tx = 0; tx < t.tw; ++tx) {
+            const float* y = gh + 4 * ty * row + 4 * tx * K;  // y[r*row + s*K + k]
+            float* m = dM + (t0 + ty * t.tw + tx) * K;         // m[xi*TK + k]
+            for (i64 k0 = 0; k0 < K; k0 += kLanes) {
+                const i64 n = std::min(kLanes, K - k0);
+                for (i64 s = 0; s < 4; ++s) apply_a(tmp + s * kLanes, 4 * kLanes, y + s * K + k0, row, n);
+                for (i64 q = 0; q < 6; ++q) apply_a(m + 6 * q * TK + k0, TK, tmp + 4 * q * kLanes, kLanes, n);
+            }
+        }
+}
+
+// The per-image transforms, built for baseline x86-64 and for AVX-512 (isa_dispatch.h).
+struct Transforms {
+    void (*input)(float*, const float*, const Tiling&, i64, i64);
+    void (*output)(float*, const float*, const Tiling&, i64, i64);
+    void (*gradient)(float*, const float*, const Tiling&, i64, i64);
+};
+
+void input_base(float* V, const float* xh, const Tiling& t, i64 t0, i64 T) { input_transform(V, xh, t, t0, T); }
+void output_base(float* yh, const float* M, const Tiling& t, i64 t0, i64 T) { output_transform(yh, M, t, t0, T); }
+void gradient_base(float* dM, const float* gh, const Tiling& t, i64 t0, i64 T) {
+    gradient_transform(dM, gh, t, t0, T);
+}
+#ifdef FL_AVX512_DISPATCH
+FL_TARGET_AVX512 void input_avx512(float* V, const float* xh, const Tiling& t, i64 t0, i64 T) {
+    input_transform(V, xh, t, t0, T);
+}
+FL_TARGET_AVX512 void output_avx512(float* yh, const float* M, const Tiling& t, i64 t0, i64 T) {
+    output_transform(yh, M, t, t0, T);
+}
+FL_TARGET_AVX512 void gradient_avx512(float* dM, const float* gh, const Tiling& t, i64 t0, i64 T) {
+    gradient_transform(dM, gh, t, t0, T);
+}
+#endif
+
+Transforms transforms() {
+#ifdef FL_AVX512_DISPATCH
+    if (cpu_has_avx512()) return {input_avx512, output_avx512, gradient_avx512};
+#endif
+    return {input_base, output_base, gradient_base};
+}
+
+// V (36, T, Cin) for images [n0, n1) of x (N, Cin, H, W).
+void transform_inputs(float* V, const float* x, const Tiling& t, i64 n0, i64 n1, const Transforms& tr) {
+    const i64 T = (n1 - n0) * t.Tn, CHW = t.Cin * t.H * t.W;
+    float* xh = scratch<0>(t.Hp * t.Wp * t.Cin);  // (Hp, Wp, Cin)
+    for (i64 n = n0; n < n1; ++n) {
+        to_padded_channel_last(xh, x + n * CHW, t);
+        tr.input(V, xh, t, (n - n0) * t.Tn, T);
+    }
+}
+
+bool applies(const ConvGeometry& g, i64 cin, i64 cout) {
+    const int mode = g_mode.load(std::memory_order_relaxed);
+    if (mode == 1 || g.FH != 3 || g.FW != 3 || g.stride != 1 || g.pad > 2 || g.N == 0 || cin == 0 || cout == 0)
+        return false;
+    if (g.OH < 1 || g.OW < 1) return false;
+    const double tiles = double((g.OH + 3) / 4) * double((g.OW + 3) / 4);
+    if (tiles * kTaps * 4.0 * double(cin + cout) > kMaxImageBytes) return false;
+    return mode == 2 || std::min(cin, cout) >= kAutoMinChannels;
+}
+
+}  // namespace
+
+void set_winograd_mode(int mode) {
+    if (mode < 0 || mode > 2) throw std::invalid_argument("Winograd mode must be 0, 1 or 2");
+    g_mode.store(mode, std::memory_order_relaxed);
+}
+
+int winograd_mode() { return g_mode.load(std::memory_order_relaxed); }
+
+bool winograd_forward_applies(const ConvGeometry& g) { return applies(g, g.C, g.FN); }
+
+bool winograd_backward_applies(const ConvGeometry& g) {
+    // dx's convolution pads dY by 2 - pad, so pad <= 2 (applies() asks that too).
+    return applies(g, g.C, g.FN);
+}
+
+// F(4x4, 3x3)'s G, for the filter transform U = G w G^T and its adjoint dW = G^T dU G.
+constexpr double kG[6][3] = {{1.0 / 4, 0, 0},         {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                             {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+
+std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx) {
+    const i64 Cin = for_dx ? FN : C, Cout = for_dx ? C : FN;
+    const i64 CK = checked_mul(Cin, Cout, "Cin*Cout");
+    std::vector<float> U(static_cast<size_t>(checked_mul(kTaps, CK, "U size")));
+    // One input channel per task, all output channels at once: the arithmetic runs along
+    // the output channels, U's contiguous axis, so it vectorises.
+    parallel_for(Cin, [&](i64 ci) {
+        std::vector<double> w(static_cast<size_t>(9 * Cout)), gw(static_cast<size_t>(18 * Cout));
+        for (i64 co = 0; co < Cout; ++co)
+            for (int k = 0; k < 9; ++k)  // w[k][co] = tap k = 3i + j of the filter ci -> co
+                w[k * Cout + co] = for_dx ? double(W[(ci * C + co) * 9 + 8 - k]) : double(W[(co * C + ci) * 9 + k]);
+        for (int p = 0; p < 6; ++p)  // gw = G w (6, 3)
+            for (int j = 0; j < 3; ++j) {
+                double* o = gw.data() + (p * 3 + j) * Cout;
+                const double *w0 = w.data() + j * Cout, *w1 = w0 + 3 * Cout, *w2 = w1 + 3 * Cout;
+                FL_SIMD
+                for (i64 co = 0; co < Cout; ++co) o[co] = kG[p][0] * w0[co] + kG[p][1] * w1[co] + kG[p][2] * w2[co];
+            }
+        for (int p = 0; p < 6; ++p)  // U = (G w) G^T (6, 6)
+            for (int q = 0; q < 6; ++q) {
+                float* u = U.data() + (p * 6 + q) * CK + ci * Cout;
+                const double *g0 = gw.data() + p * 3 * Cout, *g1 = g0 + Cout, *g2 = g1 + Cout;
+                FL_SIMD
+                for (i64 co = 0; co < Cout; ++co)
+                    u[co] = static_cast<float>(g0[co] * kG[q][0] + g1[co] * kG[q][1] + g2[co] * kG[q][2]);
+            }
+    }, std::max<i64>(1, 1024 / std::max<i64>(1, Cout)));
+    return U;
+}
+
+void winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
+                   i64 H, i64 W, i64 Cout, i64 pad) {
+    // out (N, Cout, OH, OW); x (N, Cin, H, W); U (36, Cin, Cout); b (Cout,) or null
+    if (N == 0 || Cout == 0) return;
+    const Tiling t = tiling(N, Cin, H, W, Cout, pad);
+    const Transforms tr = transforms();
+    const i64 P = t.OH * t.OW, row = 4 * t.tw * Cout, CK = Cin * Cout;
+    parallel_for(t.chunks, [&](i64 ci) {
+        const i64 n0 = ci * t.imgs, n1 = std::min(N, n0 + t.imgs), T = (n1 - n0) * t.Tn;
+        float* V = scratch<1>(kTaps * T * Cin);   // (36, T, Cin)
+        float* M = scratch<2>(kTaps * T * Cout);  // (36, T, Cout)
+        float* yh = scratch<3>(16 * t.Tn * Cout);  // (4*th, 4*tw, Cout)
+        if (Cin > 0) {
+            transform_inputs(V, x, t, n0, n1, tr);
+            for (i64 xi = 0; xi < kTaps; ++xi)
+                blas::gemm(false, false, T, Cout, Cin, 1.0f, V + xi * T * Cin, Cin, U + xi * CK, Cout, 0.0f,
+                           M + xi * T * Cout, Cout);
+        } else {
+            std::fill(M, M + kTaps * T * Cout, 0.0f);
+        }
+        for (i64 n = n0; n < n1; ++n) {
+            tr.output(yh, M, t, (n - n0) * t.Tn, T);
+            float* o = out + n * Cout * P;  // (Cout, OH, OW)
+            for (i64 k = 0; k < Cout; ++k) {
+                const float bias = b ? b[k] : 0.0f;
+                float* ok = o + k * P;
+                for (i64 oh = 0; oh < t.OH; ++oh) {
+                    const float* y = yh + oh * row + k;
+                    for (i64 ow = 0; ow < t.OW; ++ow) {
+                        const float v = y[ow * Cout] + bias;
+                        ok[oh * t.OW + ow] = relu && !(v > 0.0f) && v == v ? 0.0f : v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+void winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& geo) {
+    // dW (FN, C, 3, 3) +=; g (N, FN, OH, OW); x (N, C, H, W)
+    const i64 N = geo.N, C = geo.C, FN = geo.FN;
+    if (N == 0 || C == 0 || FN == 0) return;
+    const Tiling t = tiling(N, C, geo.H, geo.W, FN, geo.pad);
+    const Transforms tr = transforms();
+    const i64 CK = checked_mul(C, FN, "C*FN"), P = t.OH * t.OW, row = 4 * t.tw * FN;
+    const i64 part = kTaps * CK;  // one chunk's dU (36, C, FN)
+    std::vector<float> dU(static_cast<size_t>(checked_mul(t.chunks, part, "Winograd dW partials")));
+    parallel_for(t.chunks, [&](i64 ci) {
+        const i64 n0 = ci * t.imgs, n1 = std::min(N, n0 + t.imgs), T = (n1 - n0) * t.Tn;
+        float* V = scratch<1>(kTaps * T * C);    // (36, T, C)
+        float* dM = scratch<2>(kTaps * T * FN);  // (36, T, FN)
+        float* gh = scratch<3>(16 * t.Tn * FN);  // (4*th, 4*tw, FN)
+        transform_inputs(V, x, t, n0, n1, tr);
+        for (i64 n = n0; n < n1; ++n) {
+            std::fill(gh, gh + 16 * t.Tn * FN, 0.0f);
+            const float* gn = g + n * FN * P;  // (FN, OH, OW)
+            for (i64 k = 0; k < FN; ++k)
+                for (i64 oh = 0; oh < t.OH; ++oh) {
+                    const float* src = gn + (k * t.OH + oh) * t.OW;
+                    float* dst = gh + oh * row + k;
+                    for (i64 ow = 0; ow < t.OW; ++ow) dst[ow * FN] = src[ow];
+                }
+            tr.gradient(dM, gh, t, (n - n0) * t.Tn, T);
+        }
+        float* dUc = dU.data() + ci * part;
+        for (i64 xi = 0; xi < kTaps; ++xi)
+            blas::gemm(true, false, C, FN, T, 1.0f, V + xi * T * C, C, dM + xi * T * FN, FN, 0.0f,
+                       dUc + xi * CK, FN);
+    });
+    // Per input channel c, along the filters f (dU's contiguous axis): the partials added in
+    // chunk order, then dW = G^T dU G, in double.
+    parallel_for(C, [&](i64 c) {
+        std::vector<double> u(static_cast<size_t>(kTaps * FN)), ug(static_cast<size_t>(18 * FN));
+        for (i64 xi = 0; xi < kTaps; ++xi) {
+            double* o = u.data() + xi * FN;
+            std::fill(o, o + FN, 0.0);
+            for (i64 ci = 0; ci < t.chunks; ++ci) {
+                const float* part_c = dU.data() + ci * part + xi * CK + c * FN;
+                FL_SIMD
+                for (i64 f = 0; f < FN; ++f) o[f] += double(part_c[f]);
+            }
+        }
+        for (int p = 0; p < 6; ++p)  // ug = dU G (6, 3)
+            for (int j = 0; j < 3; ++j) {
+                double* o = ug.data() + (p * 3 + j) * FN;
+                std::fill(o, o + FN, 0.0);
+                for (int q = 0; q < 6; ++q) {
+                    const double* uq = u.data() + (p * 6 + q) * FN;
+                    const double gq = kG[q][j];
+                    FL_SIMD
+                    for (i64 f = 0; f < FN; ++f) o[f] += uq[f] * gq;
+                }
+            }
+        for (int i = 0; i < 3; ++i)  // dW = G^T (dU G) (3, 3)
+            for (int j = 0; j < 3; ++j)
+                for (i64 f = 0; f < FN; ++f) {
+                    double s = 0.0;
+                    for (int p = 0; p < 6; ++p) s += kG[p][i] * ug[static_cast<size_t>((p * 3 + j) * FN + f)];
+                    dW[(f * C + c) * 9 + i * 3 + j] += static_cast<float>(s);
+                }
+    }, std::max<i64>(1, 256 / std::max<i64>(1, FN)));
+}
+
+}  // namespace fl

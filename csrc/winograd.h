@@ -1,0 +1,38 @@
+// Winograd F(4x4, 3x3) convolution for float32 3x3 stride-1 layers (winograd.cpp).
+// Dims legend: N batch; Cin, Cout input and output channels; H, W input plane; pad;
+// OH = H + 2*pad - 2, OW likewise; th, tw = ceil(OH/4), ceil(OW/4) output tiles per side.
+// The transformed filters U (36, Cin, Cout) are made by winograd_filters.
+#pragma once
+#include <vector>
+
+#include "common.h"
+#include "conv.h"
+
+namespace fl {
+
+// When the convolution kernels take this path (float32 only; float64 keeps im2col, the
+// exact reference the gradient checks use): 0 = automatic, where it measured faster;
+// 1 = never; 2 = whenever it applies (for tests: any channel count).
+void set_winograd_mode(int mode);
+int winograd_mode();
+
+// Whether a float32 convolution of geometry g takes the Winograd path forward, and for dW
+// and dx in the backward (dx as the convolution of dout with the flipped filters, pad 2 - pad).
+bool winograd_forward_applies(const ConvGeometry& g);
+bool winograd_backward_applies(const ConvGeometry& g);
+
+// U (36, Cin, Cout), xi = 6*i + j, from W (FN, C, 3, 3): U[xi][c][f] = (G W[f][c] G^T)[i][j]
+// (Cin = C, Cout = FN); with `for_dx` the filters of dx's convolution, W[f][c] flipped in
+// both axes with input and output swapped (Cin = FN, Cout = C).
+std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx);
+
+// out (N, Cout, OH, OW) = 3x3 cross-correlation of x (N, Cin, H, W), zero-padded by pad, with
+// the filters U stands for, + b (Cout,) when b is non-null, then max(., 0) when relu.
+void winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
+                   i64 H, i64 W, i64 Cout, i64 pad);
+
+// dW (FN, C, 3, 3) += sum over n, oh, ow of g[n, f, oh, ow] * xpad[n, c, oh + i, ow + j];
+// g (N, FN, OH, OW) is the gradient of the convolution's output, x (N, C, H, W) its input.
+void winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& geo);
+
+}  // namespace fl
