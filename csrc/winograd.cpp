@@ -13,8 +13,9 @@
 // independent GEMMs, one per point xi of the 6x6 tile, over all tiles T of a chunk of images:
 //   M[xi] (T, Cout) = V[xi] (T, Cin) @ U[xi] (Cin, Cout)
 // bench/winograd.py measured these GEMMs at 0.24x to 0.47x of the im2col GEMM's time for
-// deep_cnn's layers with 32 and 64 channels (0.67x to 0.72x with 16: OpenBLAS runs an inner
-// dimension of 16 poorly), which is where set_winograd_mode's automatic choice uses them.
+// deep_cnn's layers with 32 and 64 channels, 0.67x to 0.72x with 16 (OpenBLAS runs an inner
+// dimension of 16 poorly); set_winograd_mode's automatic choice follows the whole kernels'
+// times (see applies()).
 //
 // Backward. Y is linear in U and in V, so with dY the gradient of a tile of output:
 //   dM = A dY A^T (6,6),   dU[xi] (Cin, Cout) = sum over tiles of V[xi]^T dM[xi],
@@ -58,8 +59,12 @@ constexpr i64 kLanes = 16;  // channels transformed together: one AVX-512 vector
 constexpr i64 kChunkBytes = i64{2} << 20;
 // Beyond this, one image's V and M would not stay in cache (or memory): im2col tiles instead.
 constexpr double kMaxImageBytes = double(i64{64} << 20);
-// The automatic choice: both channel counts at least this (see the header comment).
-constexpr i64 kAutoMinChannels = 32;
+// The automatic choice (measured with bench/kernels.py on deep_cnn's layers): both channel
+// counts at least kAutoMinChannels; for the backward also C * FN >= kAutoMinPairs, since
+// at 16 x 16 channels the fused conv+ReLU+pool backward of im2col, which keeps each image's
+// gradient in cache, was as fast.
+constexpr i64 kAutoMinChannels = 16;
+constexpr i64 kAutoMinPairs = 512;
 
 // This thread's buffer for slot Slot, kept across calls.
 template <int Slot>
@@ -85,7 +90,12 @@ Tiling tiling(i64 N, i64 Cin, i64 H, i64 W, i64 Cout, i64 pad) {
     t.Hp = 4 * t.th + 2, t.Wp = 4 * t.tw + 2;
     const i64 per_image = checked_mul(checked_mul(kTaps * 4, t.Tn, "Winograd buffer bytes"), Cin + Cout,
                                       "Winograd buffer bytes");
-    t.imgs = std::clamp<i64>(kChunkBytes / std::max<i64>(1, per_image), 1, std::max<i64>(1, N));
+    // As many chunks as the byte budget asks, made even (two threads share them evenly) and
+    // of equal size: the partition depends on the shapes only, never on the thread count.
+    const i64 most = std::clamp<i64>(kChunkBytes / std::max<i64>(1, per_image), 1, std::max<i64>(1, N));
+    i64 chunks = (N + most - 1) / most;
+    if (chunks % 2 == 1 && chunks < N) ++chunks;
+    t.imgs = std::max<i64>(1, (N + chunks - 1) / std::max<i64>(1, chunks));
     t.chunks = (N + t.imgs - 1) / t.imgs;
     return t;
 }
@@ -238,14 +248,15 @@ void transform_inputs(float* V, const float* x, const Tiling& t, i64 n0, i64 n1,
     }
 }
 
-bool applies(const ConvGeometry& g, i64 cin, i64 cout) {
+bool applies(const ConvGeometry& g, i64 cin, i64 cout, bool backward) {
     const int mode = g_mode.load(std::memory_order_relaxed);
     if (mode == 1 || g.FH != 3 || g.FW != 3 || g.stride != 1 || g.pad > 2 || g.N == 0 || cin == 0 || cout == 0)
         return false;
     if (g.OH < 1 || g.OW < 1) return false;
     const double tiles = double((g.OH + 3) / 4) * double((g.OW + 3) / 4);
     if (tiles * kTaps * 4.0 * double(cin + cout) > kMaxImageBytes) return false;
-    return mode == 2 || std::min(cin, cout) >= kAutoMinChannels;
+    return mode == 2 ||
+           (std::min(cin, cout) >= kAutoMinChannels && (!backward || double(cin) * double(cout) >= kAutoMinPairs));
 }
 
 }  // namespace
@@ -257,11 +268,11 @@ void set_winograd_mode(int mode) {
 
 int winograd_mode() { return g_mode.load(std::memory_order_relaxed); }
 
-bool winograd_forward_applies(const ConvGeometry& g) { return applies(g, g.C, g.FN); }
+bool winograd_forward_applies(const ConvGeometry& g) { return applies(g, g.C, g.FN, false); }
 
 bool winograd_backward_applies(const ConvGeometry& g) {
     // dx's convolution pads dY by 2 - pad, so pad <= 2 (applies() asks that too).
-    return applies(g, g.C, g.FN);
+    return applies(g, g.C, g.FN, true);
 }
 
 // F(4x4, 3x3)'s G, for the filter transform U = G w G^T and its adjoint dW = G^T dU G.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fastlayers
 from fastlayers import reference as ref
 from fastlayers.backend import _native as nat
 from fastlayers.numerical import numerical_gradient
@@ -20,6 +21,16 @@ from .tolerance import assert_close_reduction, numerical_gradient_rtol
 
 DTYPES = [np.float32, np.float64]
 IMPLS = [pytest.param(nat, id="native"), pytest.param(ref, id="numpy")]
+
+
+@pytest.fixture(autouse=True)
+def im2col_path():
+    """These bounds are a direct sum's: the float32 kernels run im2col here, and
+    tests/test_native_winograd.py holds their Winograd path to its own bound."""
+    saved = fastlayers.backend.get_winograd()
+    fastlayers.backend.set_winograd("never")
+    yield
+    fastlayers.backend.set_winograd(saved)
 F64 = np.float64
 
 # (PH, PW, pool_stride, pool_pad): the networks' 2x2/2, overlapping windows, a 1x1 window,

@@ -248,22 +248,30 @@ def test_modes_and_the_automatic_choice():
         backend.set_winograd("sometimes")
     rng = np.random.default_rng(7)
 
-    def conv(C, FN, mode):
-        backend.set_winograd(mode)
+    def winograd(C, FN, mode):
+        """Whether `mode` took the Winograd path for the forward and for the backward: the
+        results differ in rounding from im2col's."""
         x = rng.standard_normal((2, C, 10, 10)).astype(F32)
         W = rng.standard_normal((FN, C, 3, 3)).astype(F32)
-        outs = []
+        dout = rng.standard_normal((2, FN, 10, 10)).astype(F32)
+        outs, grads = [], []
         for m in (mode, "never"):
             backend.set_winograd(m)
             o = np.empty((2, FN, 10, 10), F32)
             nat.conv2d_forward(o, x, W, np.zeros(FN, F32), 1, 1)
+            dx, dW, db = np.empty_like(x), np.zeros_like(W), np.zeros(FN, F32)
+            nat.conv2d_backward(dx, dW, db, dout, x, W, 1, 1)
             outs.append(o)
-        return not np.array_equal(*outs)  # True when `mode` took the Winograd path
+            grads.append(dW)
+        return not np.array_equal(*outs), not np.array_equal(*grads)
 
-    assert conv(3, 3, "always")
-    assert not conv(3, 3, "auto")
-    assert conv(32, 32, "auto") and conv(64, 32, "auto")
-    assert not conv(32, 32, "never")
+    assert winograd(3, 3, "always") == (True, True)
+    assert winograd(3, 3, "auto") == (False, False)
+    assert winograd(15, 64, "auto") == (False, False)
+    assert winograd(16, 16, "auto") == (True, False)
+    assert winograd(16, 32, "auto") == (True, True)
+    assert winograd(64, 32, "auto") == (True, True)
+    assert winograd(32, 32, "never") == (False, False)
     backend.set_winograd("auto")
     assert backend.get_winograd() == "auto"
 

@@ -93,8 +93,9 @@ _WINOGRAD_MODES = ("auto", "never", "always")
 def set_winograd(mode: str) -> None:
     """When float32 3x3 stride-1 convolutions use Winograd F(4x4, 3x3) instead of im2col.
 
-    ``"auto"`` (the default): forward, dW and dx of layers with at least 32 input and 32
-    output channels, where it measured faster here (``bench/winograd.py``); ``"never"``;
+    ``"auto"`` (the default): where it measured faster here, the forward of layers with at
+    least 16 input and 16 output channels, and their backward (dW and dx) when the two
+    counts also multiply to 512 or more; ``"never"``;
     ``"always"``: every 3x3 stride-1 float32 convolution with padding <= 2, whatever its
     channels. Float64 always uses im2col. Winograd rounds differently from im2col (about
     10x the float32 error of the direct sum, still far below training noise), and it is
