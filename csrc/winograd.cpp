@@ -309,6 +309,38 @@ std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx) 
     return U;
 }
 
+i64 winograd_scratch_bytes(const ConvGeometry& g, bool forward, bool backward, bool dx, int fused, i64 threads) {
+    if (g.N == 0 || g.C == 0 || g.FN == 0 || (!forward && !backward)) return 0;
+    // Per-thread slots 0..3 (padded plane, V, M or dM, channel-last output or gradient), each
+    // kept at the largest size any pass asks; a pass uses min(threads, chunks) threads.
+    double slot[4] = {0, 0, 0, 0};
+    double team = 1, once = 0;
+    auto pass = [&](const Tiling& t, i64 Cin, i64 Cout) {
+        const double T = double(t.imgs) * double(t.Tn);
+        slot[0] = std::max(slot[0], double(t.Hp) * double(t.Wp) * double(Cin));
+        slot[1] = std::max(slot[1], kTaps * T * double(Cin));
+        slot[2] = std::max(slot[2], kTaps * T * double(Cout));
+        slot[3] = std::max(slot[3], 16.0 * double(t.Tn) * double(Cout));
+        team = std::max(team, double(std::min(std::max<i64>(1, threads), t.chunks)));
+    };
+    const Tiling fw = tiling(g.N, g.C, g.H, g.W, g.FN, g.pad);
+    const double batch_out = double(g.N) * double(g.FN) * double(g.OH) * double(g.OW);
+    if (forward) {
+        pass(fw, g.C, g.FN);
+        once = std::max(once, kTaps * double(g.C) * double(g.FN) + (fused == 2 ? batch_out : 0.0));
+    }
+    if (backward) {
+        pass(fw, g.C, g.FN);
+        double b = double(fw.chunks) * kTaps * double(g.C) * double(g.FN) + (fused >= 1 ? batch_out : 0.0);
+        if (dx) {
+            pass(tiling(g.N, g.FN, g.OH, g.OW, g.C, 2 - g.pad), g.FN, g.C);
+            b += kTaps * double(g.C) * double(g.FN);
+        }
+        once = std::max(once, b);
+    }
+    return static_cast<i64>((team * (slot[0] + slot[1] + slot[2] + slot[3]) + once) * sizeof(float));
+}
+
 void winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
                    i64 H, i64 W, i64 Cout, i64 pad) {
     // out (N, Cout, OH, OW); x (N, Cin, H, W); U (36, Cin, Cout); b (Cout,) or null

@@ -227,8 +227,17 @@ def test_numpy_scratch_is_the_whole_batch_col():
     assert scratch_bytes(layers.Affine(3, 2), (4, 3)) == 0
 
 
+@pytest.fixture
+def im2col_path():
+    """The rule below is im2col's: pin it (float32 3x3 layers may otherwise run Winograd)."""
+    saved = backend.get_winograd()
+    backend.set_winograd("never")
+    yield
+    backend.set_winograd(saved)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 8])
-def test_native_scratch_follows_the_kernel_rule(threads):
+def test_native_scratch_follows_the_kernel_rule(threads, im2col_path):
     T = threads_used(threads)
 
     def native(layer, shape, fused=False, dx=True):
@@ -270,8 +279,36 @@ def test_native_scratch_follows_the_kernel_rule(threads):
     assert native(conv, (0, 1, 28, 28)) == 0
 
 
+def test_native_scratch_of_the_winograd_path():
+    # deep_cnn's last convolution block, 64 -> 64 channels on 8x8, batch 100, fused with ReLU
+    # and pooling, 2 threads. Tiles: 2x2 per image; V and M of an image take
+    # 36 * 4 * (64 + 64) * 4 B = 73,728 B, so 28 images fill the 2 MiB chunk budget: 4 chunks
+    # (already even) of 25 images, 2 threads busy. Per thread: padded plane 10*10*64, V and M
+    # 36*100*64 each, output tiles 16*4*64 floats = 471,296 floats. Per call, the larger of the
+    # forward (U 36*64*64 + the batch's output 100*64*8*8) and the backward (4 chunks of dW
+    # partials + the batch's gradient + dx's filters): 1,146,880 floats. dx's convolution
+    # (64 -> 64, 8x8, pad 1) asks the same per-thread sizes.
+    conv, pool = layers.Conv2d(64, 64, 3, padding=1), layers.MaxPool2d(2)
+    saved = backend.get_winograd()
+    try:
+        backend.set_winograd("auto")
+        got = scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
+        assert got == (2 * 471_296 + 1_146_880) * 4
+        # With Winograd off the same layer reports im2col's workspace, which is another number.
+        backend.set_winograd("never")
+        assert scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2) != got
+        # float64 never runs Winograd.
+        conv64 = layers.Conv2d(64, 64, 3, padding=1, dtype=np.float64)
+        backend.set_winograd("always")
+        with_w = scratch_bytes(conv64, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
+        backend.set_winograd("never")
+        assert with_w == scratch_bytes(conv64, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
+    finally:
+        backend.set_winograd(saved)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 4])
-def test_native_scratch_stays_within_the_per_thread_cap(threads):
+def test_native_scratch_stays_within_the_per_thread_cap(threads, im2col_path):
     # Two buffers per thread, each at most 1 MiB (col tile; padded rows), while one output
     # pixel's column fits 1 MiB; the NumPy col for the same shapes is far larger.
     model = models.deep_cnn(input_shape=(3, 64, 64))

@@ -70,11 +70,13 @@ def _team(n: int, min_per_thread: int, threads: int) -> int:
     return min(n, threads) if n >= 2 * min_per_thread else 1
 
 
-def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0) -> int:
+def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0,
+                         forward=True, backward=True) -> int:
     # fused: 0 (conv alone), 1 (conv + ReLU), 2 (conv + ReLU + max pooling, whose output
-    # planes have pooled_plane pixels).
+    # planes have pooled_plane pixels). forward / backward: whether those passes run im2col
+    # (not Winograd).
     N, C, H, W = shape
-    if N == 0:
+    if N == 0 or not (forward or backward):
         return 0
     OH, OW = (H + 2 * pad - FH) // stride + 1, (W + 2 * pad - FW) // stride + 1
     K, P = C * FH * FW, OH * OW
@@ -118,7 +120,9 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
     # forward: each image on one thread (im2col nested, so on that thread too), or a lone
     # image on the caller with im2col's channels spread over the team.
     col = 0 if direct else K * tile * itemsize
-    if N == 1:
+    if not forward:
+        pass
+    elif N == 1:
         use(slot0, 1, col)
         use(slot2, 1, image_bytes)
         if not direct:
@@ -135,7 +139,9 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
     # with im2col over channels and col2im over blocks of channels spread over the team.
     work = ((0 if direct else K * tile) + (FN * tile if fused == 1 else 0)) * itemsize
     groups = max(1, min(min(N, _MAX_GROUPS), int(_PARTIAL_BYTES / float(FN * K * itemsize))))
-    if groups == 1:
+    if not backward:
+        pass
+    elif groups == 1:
         use(slot0, 1, work)
         use(slot2, 1, image_bytes)
         use(slot3, 1, masked_bytes)
@@ -174,7 +180,12 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
     ``pool`` (the native fused block then also keeps one image's convolution output and
     its pooled gradient per thread).
 
-    The NumPy oracle builds the whole batch's col, N·OH·OW·C·FH·FW elements. The native
+    The NumPy oracle builds the whole batch's col, N·OH·OW·C·FH·FW elements. A float32
+    convolution's pass that runs Winograd (``backend.set_winograd``) counts that path's
+    buffers instead, as the native code reports them: per thread, a padded channel-last
+    plane and the transformed tiles of a chunk of images; per call, the transformed filters,
+    the dW partials of the chunks and, where the ReLU or pooling is fused, the whole batch's
+    convolution output or its gradient. For the im2col passes, the native
     kernel works in tiles of at most 1 MiB per thread (plus at most 1 MiB of padded input
     rows), on the threads its parallel loops actually use for this shape: the sum over
     those threads of the largest buffers the layer asks of them. The native buffers are
@@ -203,9 +214,16 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
             raise ValueError("scratch_bytes: a convolution fused with its pooling needs the pool layer (pool=...)")
         _, _, POH, POW = pool._output((shape[0], *layer.output_shape(shape[1:])))
         pooled_plane = POH * POW
-    return _native_conv_scratch(
+    # Float32 3x3 stride-1 convolutions may take the Winograd path (backend.set_winograd):
+    # the native code says which passes do and what they ask for.
+    winograd_fw, winograd_bw, winograd = False, False, 0
+    if layer.dtype == np.float32:
+        winograd_fw, winograd_bw, winograd = backend._native._winograd_plan(
+            *shape, layer.out_channels, FH, FW, stride, pad, int(fused), layer.needs_input_grad, max(1, threads)
+        )
+    return winograd + _native_conv_scratch(
         shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad,
-        pooled_plane,
+        pooled_plane, forward=not winograd_fw, backward=not winograd_bw,
     )
 
 
