@@ -20,6 +20,13 @@ struct ConvGeometry {
     i64 OH, OW;      // output (N,FN,OH,OW)
 };
 
+// Which algorithm float32 convolutions run (conv2d.cpp); float64 always runs im2col + GEMM,
+// the exact reference the gradient checks use. kConvAuto picks per layer and pass
+// (winograd.h); kConvWinograd runs Winograd wherever it applies, im2col elsewhere.
+enum ConvAlgorithm : int { kConvAuto = 0, kConvIm2col = 1, kConvWinograd = 2 };
+void set_conv_algorithm(int algorithm);
+int conv_algorithm();
+
 // ---- im2col.cpp (the contract's textbook layout)
 // col (N*OH*OW, C*FH*FW) from x (N,C,H,W): row (n*OH + oh)*OW + ow, column (c*FH + i)*FW + j
 // holds x[n, c, oh*stride + i - pad, ow*stride + j - pad], or 0 where that lies in the padding.

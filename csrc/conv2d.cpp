@@ -29,6 +29,7 @@
 // shapes, never the thread count) accumulates its own partial, and the partials are added in
 // group order. So results are bit-identical for any thread count.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -711,6 +712,17 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
                                  split || Wt.empty() ? nullptr : Wt.data());
     });
 }
+
+namespace {
+std::atomic<int> g_algorithm{kConvAuto};
+}  // namespace
+
+void set_conv_algorithm(int algorithm) {
+    if (algorithm < kConvAuto || algorithm > kConvWinograd) throw std::invalid_argument("unknown convolution algorithm");
+    g_algorithm.store(algorithm, std::memory_order_relaxed);
+}
+
+int conv_algorithm() { return g_algorithm.load(std::memory_order_relaxed); }
 
 template <class T>
 void conv2d_forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) {

@@ -14,7 +14,7 @@
 //   M[xi] (T, Cout) = V[xi] (T, Cin) @ U[xi] (Cin, Cout)
 // bench/winograd.py measured these GEMMs at 0.24x to 0.47x of the im2col GEMM's time for
 // deep_cnn's layers with 32 and 64 channels, 0.67x to 0.72x with 16 (OpenBLAS runs an inner
-// dimension of 16 poorly); set_winograd_mode's automatic choice follows the whole kernels'
+// dimension of 16 poorly); the automatic choice (conv.h) follows the whole kernels'
 // times (see applies()).
 //
 // Backward. Y is linear in U and in V, so with dY the gradient of a tile of output:
@@ -39,7 +39,6 @@
 #include "winograd.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <stdexcept>
 
@@ -50,8 +49,6 @@
 namespace fl {
 
 namespace {
-
-std::atomic<int> g_mode{0};
 
 constexpr i64 kTaps = 36;   // points of a transformed 6x6 tile, xi = 6*i + j
 constexpr i64 kLanes = 16;  // channels transformed together: one AVX-512 vector of floats
@@ -249,24 +246,17 @@ void transform_inputs(float* V, const float* x, const Tiling& t, i64 n0, i64 n1,
 }
 
 bool applies(const ConvGeometry& g, i64 cin, i64 cout, bool backward) {
-    const int mode = g_mode.load(std::memory_order_relaxed);
-    if (mode == 1 || g.FH != 3 || g.FW != 3 || g.stride != 1 || g.pad > 2 || g.N == 0 || cin == 0 || cout == 0)
+    const int mode = conv_algorithm();
+    if (mode == kConvIm2col || g.FH != 3 || g.FW != 3 || g.stride != 1 || g.pad > 2 || g.N == 0 || cin == 0 || cout == 0)
         return false;
     if (g.OH < 1 || g.OW < 1) return false;
     const double tiles = double((g.OH + 3) / 4) * double((g.OW + 3) / 4);
     if (tiles * kTaps * 4.0 * double(cin + cout) > kMaxImageBytes) return false;
-    return mode == 2 ||
+    return mode == kConvWinograd ||
            (std::min(cin, cout) >= kAutoMinChannels && (!backward || double(cin) * double(cout) >= kAutoMinPairs));
 }
 
 }  // namespace
-
-void set_winograd_mode(int mode) {
-    if (mode < 0 || mode > 2) throw std::invalid_argument("Winograd mode must be 0, 1 or 2");
-    g_mode.store(mode, std::memory_order_relaxed);
-}
-
-int winograd_mode() { return g_mode.load(std::memory_order_relaxed); }
 
 bool winograd_forward_applies(const ConvGeometry& g) { return applies(g, g.C, g.FN, false); }
 

@@ -10,12 +10,6 @@
 
 namespace fl {
 
-// When the convolution kernels take this path (float32 only; float64 keeps im2col, the
-// exact reference the gradient checks use): 0 = automatic, where it measured faster;
-// 1 = never; 2 = whenever it applies (for tests: any channel count).
-void set_winograd_mode(int mode);
-int winograd_mode();
-
 // Whether a float32 convolution of geometry g takes the Winograd path forward, and for dW
 // and dx in the backward (dx as the convolution of dout with the flipped filters, pad 2 - pad).
 bool winograd_forward_applies(const ConvGeometry& g);

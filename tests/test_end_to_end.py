@@ -72,12 +72,12 @@ def test_backends_agree_over_twenty_steps(bundled, model_name):
     # and under Adam, whose first updates are about lr * sign(gradient), a near-zero
     # gradient component that rounds to the other sign moves its weight by a whole step.
     # tests/test_native_winograd.py bounds the Winograd kernels instead.
-    saved = backend.get_winograd()
-    backend.set_winograd("never")
+    saved = backend.get_conv_algorithm()
+    backend.set_conv_algorithm("im2col")
     try:
         trajectories = _trajectories(build, x, t)
     finally:
-        backend.set_winograd(saved)
+        backend.set_conv_algorithm(saved)
     native, oracle = trajectories["native"], trajectories["numpy"]
     assert oracle[-5:].mean() < oracle[:5].mean(), oracle  # it is learning, so the comparison means something
     # The backends differ only in the order of float32 sums. Each step's loss may differ by

@@ -36,10 +36,10 @@ IMPLS = [pytest.param(nat, id="native"), pytest.param(ref, id="numpy")]
 def im2col_path():
     """These bounds are a direct sum's: the float32 kernels run im2col here, and
     tests/test_native_winograd.py holds their Winograd path to its own bound."""
-    saved = fastlayers.backend.get_winograd()
-    fastlayers.backend.set_winograd("never")
+    saved = fastlayers.backend.get_conv_algorithm()
+    fastlayers.backend.set_conv_algorithm("im2col")
     yield
-    fastlayers.backend.set_winograd(saved)
+    fastlayers.backend.set_conv_algorithm(saved)
 
 
 def out_size(H, F, stride, pad):

@@ -1,6 +1,6 @@
 """The Winograd F(4x4, 3x3) path of the float32 convolution kernels (csrc/winograd.cpp).
 
-Every 3x3 stride-1 convolution kernel runs with ``set_winograd("always")`` over a sample of
+Every 3x3 stride-1 convolution kernel runs with ``backend.set_conv_algorithm("winograd")`` over a sample of
 awkward geometries (channel counts 1 to 33, planes 1 to 13 that are not multiples of the
 4x4 tile, padding 0 to 2) and is held to the float64 oracle within a bound derived for the
 algorithm rather than for a direct sum: a float32 evaluation of a chain of linear maps
@@ -34,11 +34,11 @@ AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0,
 
 
 @pytest.fixture(autouse=True)
-def winograd_always():
-    saved = backend.get_winograd()
-    backend.set_winograd("always")
+def winograd_everywhere():
+    saved = backend.get_conv_algorithm()
+    backend.set_conv_algorithm("winograd")
     yield
-    backend.set_winograd(saved)
+    backend.set_conv_algorithm(saved)
 
 
 def _tiles(a, pad, th, tw):
@@ -179,8 +179,8 @@ def test_backward_within_the_winograd_bound(case):
 def test_float64_keeps_im2col(case):
     d = {k: f64(v) for k, v in _data(case, 3).items()}
     outs = []
-    for mode in ("always", "never"):
-        backend.set_winograd(mode)
+    for mode in ("winograd", "im2col"):
+        backend.set_conv_algorithm(mode)
         o = np.empty(d["dout"].shape, F64)
         nat.conv2d_relu_forward(o, d["x"], d["W"], d["b"], 1, case[5])
         outs.append(o)
@@ -244,8 +244,8 @@ def test_bitwise_identical_for_one_and_two_threads(case):
 
 
 def test_modes_and_the_automatic_choice():
-    with pytest.raises(ValueError, match="set_winograd: mode must be one of"):
-        backend.set_winograd("sometimes")
+    with pytest.raises(ValueError, match="set_conv_algorithm: algorithm must be one of"):
+        backend.set_conv_algorithm("sometimes")
     rng = np.random.default_rng(7)
 
     def winograd(C, FN, mode):
@@ -255,8 +255,8 @@ def test_modes_and_the_automatic_choice():
         W = rng.standard_normal((FN, C, 3, 3)).astype(F32)
         dout = rng.standard_normal((2, FN, 10, 10)).astype(F32)
         outs, grads = [], []
-        for m in (mode, "never"):
-            backend.set_winograd(m)
+        for m in (mode, "im2col"):
+            backend.set_conv_algorithm(m)
             o = np.empty((2, FN, 10, 10), F32)
             nat.conv2d_forward(o, x, W, np.zeros(FN, F32), 1, 1)
             dx, dW, db = np.empty_like(x), np.zeros_like(W), np.zeros(FN, F32)
@@ -265,15 +265,18 @@ def test_modes_and_the_automatic_choice():
             grads.append(dW)
         return not np.array_equal(*outs), not np.array_equal(*grads)
 
-    assert winograd(3, 3, "always") == (True, True)
+    assert winograd(3, 3, "winograd") == (True, True)
     assert winograd(3, 3, "auto") == (False, False)
     assert winograd(15, 64, "auto") == (False, False)
     assert winograd(16, 16, "auto") == (True, False)
     assert winograd(16, 32, "auto") == (True, True)
     assert winograd(64, 32, "auto") == (True, True)
-    assert winograd(32, 32, "never") == (False, False)
-    backend.set_winograd("auto")
-    assert backend.get_winograd() == "auto"
+    assert winograd(32, 32, "im2col") == (False, False)
+    backend.set_conv_algorithm("auto")
+    assert backend.get_conv_algorithm() == "auto"
+    with backend.conv_algorithm("im2col"):
+        assert backend.get_conv_algorithm() == "im2col"
+    assert backend.get_conv_algorithm() == "auto"
 
 
 def test_non_finite_inputs_poison_their_tile_and_nothing_else():

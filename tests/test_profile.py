@@ -230,10 +230,10 @@ def test_numpy_scratch_is_the_whole_batch_col():
 @pytest.fixture
 def im2col_path():
     """The rule below is im2col's: pin it (float32 3x3 layers may otherwise run Winograd)."""
-    saved = backend.get_winograd()
-    backend.set_winograd("never")
+    saved = backend.get_conv_algorithm()
+    backend.set_conv_algorithm("im2col")
     yield
-    backend.set_winograd(saved)
+    backend.set_conv_algorithm(saved)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 8])
@@ -289,22 +289,22 @@ def test_native_scratch_of_the_winograd_path():
     # partials + the batch's gradient + dx's filters): 1,146,880 floats. dx's convolution
     # (64 -> 64, 8x8, pad 1) asks the same per-thread sizes.
     conv, pool = layers.Conv2d(64, 64, 3, padding=1), layers.MaxPool2d(2)
-    saved = backend.get_winograd()
+    saved = backend.get_conv_algorithm()
     try:
-        backend.set_winograd("auto")
+        backend.set_conv_algorithm("auto")
         got = scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
         assert got == (2 * 471_296 + 1_146_880) * 4
         # With Winograd off the same layer reports im2col's workspace, which is another number.
-        backend.set_winograd("never")
+        backend.set_conv_algorithm("im2col")
         assert scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2) != got
         # float64 never runs Winograd.
         conv64 = layers.Conv2d(64, 64, 3, padding=1, dtype=np.float64)
-        backend.set_winograd("always")
+        backend.set_conv_algorithm("winograd")
         with_w = scratch_bytes(conv64, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
-        backend.set_winograd("never")
+        backend.set_conv_algorithm("im2col")
         assert with_w == scratch_bytes(conv64, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
     finally:
-        backend.set_winograd(saved)
+        backend.set_conv_algorithm(saved)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4])

@@ -56,8 +56,8 @@ PYBIND11_MODULE(_native, m) {
     });
     m.def("set_num_threads", &fl::threads::set_num_threads, py::arg("n"));
     m.def("get_num_threads", &fl::threads::num_threads);
-    m.def("set_winograd_mode", &fl::set_winograd_mode, py::arg("mode"));
-    m.def("get_winograd_mode", &fl::winograd_mode);
+    m.def("set_conv_algorithm", &fl::set_conv_algorithm, py::arg("algorithm"));
+    m.def("get_conv_algorithm", &fl::conv_algorithm);
     // Private, for fastlayers.profile: whether a float32 convolution's forward and backward
     // take the Winograd path, and the bytes that path asks for (winograd.h).
     m.def("_winograd_plan", [](fl::i64 N, fl::i64 C, fl::i64 H, fl::i64 W, fl::i64 FN, fl::i64 FH, fl::i64 FW,

@@ -87,27 +87,42 @@ def get_num_threads() -> int:
     return _native.get_num_threads()
 
 
-_WINOGRAD_MODES = ("auto", "never", "always")
+CONV_ALGORITHMS = ("auto", "im2col", "winograd")
 
 
-def set_winograd(mode: str) -> None:
-    """When float32 3x3 stride-1 convolutions use Winograd F(4x4, 3x3) instead of im2col.
+def set_conv_algorithm(algorithm: str) -> None:
+    """Which algorithm the native float32 convolutions run; float64 always runs im2col.
 
-    ``"auto"`` (the default): where it measured faster here, the forward of layers with at
-    least 16 input and 16 output channels, and their backward (dW and dx) when the two
-    counts also multiply to 512 or more; ``"never"``;
-    ``"always"``: every 3x3 stride-1 float32 convolution with padding <= 2, whatever its
-    channels. Float64 always uses im2col. Winograd rounds differently from im2col (about
-    10x the float32 error of the direct sum, still far below training noise), and it is
-    deterministic: the same bits for any thread count.
+    - ``"auto"`` (the default) picks per layer and pass what measured fastest here
+      (``bench/kernels.py``, ``bench/winograd.py``): Winograd F(4x4, 3x3) for 3x3 stride-1
+      layers with at least 16 input and 16 output channels (the forward; dW and dx when
+      the two counts also multiply to 512 or more), im2col + GEMM for the rest.
+    - ``"im2col"``: im2col + GEMM everywhere.
+    - ``"winograd"``: Winograd wherever it applies at all (3x3, stride 1, padding <= 2,
+      any channel count), im2col elsewhere; for tests and comparisons.
+
+    The algorithms round differently (Winograd's transforms carry about ten times the
+    rounding of a direct sum, far below training noise); each is deterministic, with the
+    same bits for any thread count. The setting is process-wide.
     """
-    if mode not in _WINOGRAD_MODES:
-        raise ValueError(f"set_winograd: mode must be one of {_WINOGRAD_MODES}, got {mode!r}")
-    _native.set_winograd_mode(_WINOGRAD_MODES.index(mode))
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"set_conv_algorithm: algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
+    _native.set_conv_algorithm(CONV_ALGORITHMS.index(algorithm))
 
 
-def get_winograd() -> str:
-    return _WINOGRAD_MODES[_native.get_winograd_mode()]
+def get_conv_algorithm() -> str:
+    return CONV_ALGORITHMS[_native.get_conv_algorithm()]
+
+
+@contextlib.contextmanager
+def conv_algorithm(algorithm: str):
+    """``with backend.conv_algorithm("im2col"): ...`` runs a block with another algorithm."""
+    saved = get_conv_algorithm()
+    set_conv_algorithm(algorithm)
+    try:
+        yield
+    finally:
+        set_conv_algorithm(saved)
 
 
 def build_info() -> dict:

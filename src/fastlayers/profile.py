@@ -181,7 +181,7 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
     its pooled gradient per thread).
 
     The NumPy oracle builds the whole batch's col, N·OH·OW·C·FH·FW elements. A float32
-    convolution's pass that runs Winograd (``backend.set_winograd``) counts that path's
+    convolution's pass that runs Winograd (``backend.set_conv_algorithm``) counts that path's
     buffers instead, as the native code reports them: per thread, a padded channel-last
     plane and the transformed tiles of a chunk of images; per call, the transformed filters,
     the dW partials of the chunks and, where the ReLU or pooling is fused, the whole batch's
@@ -214,7 +214,7 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
             raise ValueError("scratch_bytes: a convolution fused with its pooling needs the pool layer (pool=...)")
         _, _, POH, POW = pool._output((shape[0], *layer.output_shape(shape[1:])))
         pooled_plane = POH * POW
-    # Float32 3x3 stride-1 convolutions may take the Winograd path (backend.set_winograd):
+    # Float32 3x3 stride-1 convolutions may take the Winograd path (backend.set_conv_algorithm):
     # the native code says which passes do and what they ask for.
     winograd_fw, winograd_bw, winograd = False, False, 0
     if layer.dtype == np.float32:
