@@ -28,6 +28,61 @@ def step_decay(lr: float, every: int, gamma: float = 0.1):
     return lambda epoch: lr * gamma ** ((epoch - 1) // every)
 
 
+class NonFiniteError(FloatingPointError):
+    """A training step whose loss or gradients hold a NaN or an infinity.
+
+    Raised before the optimizer update, so the step changes nothing: the parameters, the
+    optimizer state (its step count included) and the BatchNorm running statistics are as
+    they were before it. ``epoch`` and ``step`` (1-based, within the epoch) locate the step
+    in ``fit`` (None for a direct ``train_step``); ``optimizer_step`` is the update that was
+    refused (``optimizer.steps + 1``); ``loss`` is the step's loss; ``parameter`` is the
+    state_dict name of the first parameter, in the model's order, whose gradient is not
+    finite (None when every gradient is) and ``layer`` the layer that owns it.
+    """
+
+    def __init__(self, message: str, *, epoch, step, optimizer_step, loss, parameter, layer):
+        super().__init__(message)
+        self.epoch, self.step, self.optimizer_step = epoch, step, optimizer_step
+        self.loss, self.parameter, self.layer = loss, parameter, layer
+
+
+class _BufferSnapshot:
+    """A copy of the model's buffers (BatchNorm's running statistics), taken before every
+    training step so that a refused step can put back what its forward pass moved.
+
+    The buffers are copied with one ``numpy.concatenate`` per dtype into a preallocated
+    array, a few microseconds per step however many BatchNorm layers there are."""
+
+    def __init__(self, model):
+        by_dtype: dict[np.dtype, list[np.ndarray]] = {}
+        for b in model.buffers().values():
+            by_dtype.setdefault(b.dtype, []).append(b)
+        self._groups = [(arrays, np.empty(sum(a.size for a in arrays), dtype)) for dtype, arrays in by_dtype.items()]
+
+    def take(self) -> None:
+        for arrays, flat in self._groups:
+            np.concatenate(arrays, axis=None, out=flat)
+
+    def restore(self) -> None:
+        for arrays, flat in self._groups:
+            offset = 0
+            for a in arrays:
+                a[...] = flat[offset : offset + a.size].reshape(a.shape)
+                offset += a.size
+
+
+def _layer_of(model, name: str) -> str | None:
+    """The layer that owns the parameter ``name`` ("3.W", "2.1.gamma"), as its tag."""
+    from .layers import Sequential
+
+    layer = model
+    for part in name.split(".")[:-1]:
+        if not (isinstance(layer, Sequential) and part.isdigit() and int(part) < len(layer.layers)):
+            return None
+        layer = layer.layers[int(part)]
+    return layer._tag()
+
+
 def _check_xt(x, t, what: str) -> None:
     if not isinstance(x, np.ndarray) or not isinstance(t, np.ndarray):
         raise TypeError(f"{what}: x and t must be numpy arrays")
@@ -57,6 +112,12 @@ class Trainer:
 
     The trainer sets ``model.needs_input_grad = False``: nothing uses the gradient with
     respect to the input images, so the first layer does not compute it.
+
+    Every training step checks, before the optimizer update, that its loss and every
+    gradient are finite, and otherwise raises :class:`NonFiniteError` naming the step and the
+    first parameter whose gradient is not, with the update not applied and the BatchNorm
+    running statistics put back: the model and optimizer are exactly as before the step.
+    (The step's dropout masks have been drawn, so the generators have moved on.)
     """
 
     def __init__(
@@ -77,18 +138,56 @@ class Trainer:
         self._shuffle_rng = np.random.default_rng(int(shuffle_seed))
         model.set_rng(np.random.default_rng(int(dropout_seed)))
         self.stop_reason: str | None = None
+        self._buffers = _BufferSnapshot(model)
+        self._where: tuple[int, int] | None = None  # (epoch, step) while fit runs a step
 
     # -- one step ------------------------------------------------------------------------
     def train_step(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
-        """Forward, backward and one optimizer update on one batch; returns (loss, scores)."""
+        """Forward, backward and one optimizer update on one batch; returns (loss, scores).
+
+        Raises :class:`NonFiniteError`, with nothing updated, when the loss or a gradient is
+        not finite."""
+        self._buffers.take()
         if self.profile is not None:
-            return self.profile.train_step(x, t)
+            return self.profile.train_step(x, t, before_update=self._check_finite)
         self.optimizer.zero_grad()
         scores = self.model.forward(x, train=True)
         loss = self.loss.forward(scores, t) + self.optimizer.penalty()
         self.model.backward(self.loss.backward())
+        self._check_finite(loss)
         self.optimizer.step()
         return loss, scores
+
+    def _check_finite(self, loss: float) -> None:
+        loss_ok = math.isfinite(loss)
+        bad = self.optimizer.nonfinite_gradient()
+        if loss_ok and bad is None:
+            return
+        self._buffers.restore()
+        name = layer = None
+        if bad is not None:
+            p = self.optimizer.params[bad]
+            names = {id(q): n for n, q in self.model.named_parameters()}
+            name = names.get(id(p))
+            layer = _layer_of(self.model, name) if name is not None else None
+            g = p.grad
+            nan, inf = int(np.isnan(g).sum()), int(np.isinf(g).sum())
+            if name is None:
+                what = f"optimizer.params[{bad}] ({p.name!r}, not in the model)"
+            else:
+                what = f"parameter {name!r}" + (f" of {layer}" if layer else "")
+            grads = f"the gradient of {what} has {nan} NaN and {inf} infinite entries of {g.size}"
+        else:
+            grads = "every gradient is finite"
+        epoch, step = self._where if self._where is not None else (None, None)
+        at = f"epoch {epoch}, step {step}" if epoch is not None else f"optimizer step {self.optimizer.steps + 1}"
+        raise NonFiniteError(
+            f"non-finite training step at {at}: the loss is {loss}"
+            f"{'' if loss_ok else ' (not finite)'} and {grads}; the update was not applied, so the "
+            "weights, optimizer state and BatchNorm statistics are those from before this step "
+            "(lower the learning rate, or look for NaN or infinity in the inputs)",
+            epoch=epoch, step=step, optimizer_step=self.optimizer.steps + 1, loss=loss, parameter=name, layer=layer,
+        )
 
     # -- the loop ------------------------------------------------------------------------
     def fit(
@@ -151,6 +250,8 @@ class Trainer:
         key = monitor if validation is not None else ("loss" if monitor == "val_loss" else "train_accuracy")
         better = (lambda a, b: a < b) if key.endswith("loss") else (lambda a, b: a > b)
         best_value, best_state, waited = None, None, 0
+        # The buffers may have been replaced since the trainer was built.
+        self._buffers = _BufferSnapshot(self.model)
         self.stop_reason = None
         first_epoch = len(self.history) + 1
 
@@ -192,11 +293,11 @@ class Trainer:
         for s in range(steps):
             idx = order[s * batch_size : (s + 1) * batch_size]
             xb, tb = x[idx], t[idx]
-            loss, scores = self.train_step(xb, tb)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss} at epoch {epoch}, step {s + 1}; lower the learning rate"
-                )
+            self._where = (epoch, s + 1)
+            try:
+                loss, scores = self.train_step(xb, tb)
+            finally:
+                self._where = None
             total_loss += loss * len(idx)
             correct += int(round(accuracy(scores, tb) * len(idx)))
             seen += len(idx)
