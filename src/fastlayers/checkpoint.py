@@ -413,21 +413,28 @@ def read_metadata(path) -> dict[str, str]:
     return meta
 
 
+def _read_model(path):
+    """The validated contents and a model of their architecture, the weights checked against it."""
+    contents = read(path)
+    model = contents.build_model()
+    return contents, model, contents.check_model_state(model)
+
+
 def load(path):
     """Rebuilds the model saved at ``path``: its architecture, weights and buffers.
 
     The whole file is validated first (see the module's notes); a damaged or foreign file is
     a :class:`CheckpointError`."""
-    contents = read(path)
-    model = contents.build_model()
-    model.load_state_dict(contents.check_model_state(model))
+    _, model, state = _read_model(path)
+    model.load_state_dict(state)
     return model
 
 
 def load_optimizer(path, optimizer) -> None:
     """Restores into ``optimizer`` (built on the loaded model's parameters) the state saved with
-    it. On any error ``optimizer`` is unchanged."""
-    contents = read(path)
+    it. The whole file is validated first, its weights included; on any error ``optimizer``
+    is unchanged."""
+    contents, _, _ = _read_model(path)
     state = contents.optimizer_state()
     if state is None:
         raise CheckpointError(f"{contents.path}: holds no optimizer state (save it with save(model, path, optimizer=...))")
@@ -443,9 +450,7 @@ def verify(path) -> dict[str, str]:
     over the model (for the optimizers of ``fastlayers.optim``)."""
     from . import optim
 
-    contents = read(path)
-    model = contents.build_model()
-    contents.check_model_state(model)
+    contents, model, _ = _read_model(path)
     state = contents.optimizer_state()
     if state is not None:
         cls = {c.__name__: c for c in (optim.SGD, optim.Momentum, optim.Nesterov, optim.AdaGrad, optim.RMSprop, optim.Adam)}
