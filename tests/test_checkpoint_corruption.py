@@ -223,8 +223,9 @@ CASES = {
                                   r"'0.W' is float32 \(7, 12\), expected float32 \(12, 7\)", ALL),
     "a weight of another dtype": (edit_entry("0.W", "dtype", "I32", crc=True), "'0.W' is int32", ALL),
     "architecture not JSON": (architecture("{'type': 'Sequential'"), "'architecture' is not valid JSON", ALL),
-    "architecture of an unknown layer": (architecture({"type": "subprocess.Popen", "args": ["true"]}),
-                                         "unreadable architecture.*unknown layer type 'subprocess.Popen'|architecture differs", ALL),
+    "architecture of an unknown layer": (
+        architecture({"type": "subprocess.Popen", "args": ["true"]}),
+        "unreadable architecture.*unknown layer type 'subprocess.Popen'|architecture differs", ALL),
     "architecture with bad arguments": (architecture({"type": "Affine", "in_features": -1, "out_features": 3}),
                                         "unreadable architecture|architecture differs", ALL),
     "optimizer tensor without optimizer metadata": (edit_meta("optimizer", None),

@@ -226,7 +226,9 @@ def _parse_header(path: Path, header: bytes, data_len: int) -> tuple[dict[str, s
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path}: not a safetensors file: the header is not UTF-8 ({e.reason} at byte {e.start})") from None
+        raise CheckpointError(
+            f"{path}: not a safetensors file: the header is not UTF-8 ({e.reason} at byte {e.start})"
+        ) from None
     except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: not a safetensors file: the header is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
@@ -352,7 +354,9 @@ class Contents:
         want = model.state_dict()
         missing = [k for k in want if k not in state]
         if missing:
-            raise CheckpointError(f"{self.path}: weights do not fit the architecture: missing tensor(s) {', '.join(map(repr, missing))}")
+            raise CheckpointError(
+                f"{self.path}: weights do not fit the architecture: missing tensor(s) {', '.join(map(repr, missing))}"
+            )
         unexpected = [k for k in state if k not in want]
         if unexpected:
             raise CheckpointError(
@@ -383,7 +387,9 @@ def read(path) -> Contents:
             raise CheckpointError(f"{path}: format {version} requires tensors_crc32 in the metadata")
         actual = _crc32((name, data[e.begin : e.end]) for name, e in entries.items())
         if actual != stored:
-            raise CheckpointError(f"{path}: checksum mismatch (tensors_crc32 {stored}, the bytes give {actual}): the file is damaged")
+            raise CheckpointError(
+                f"{path}: checksum mismatch (tensors_crc32 {stored}, the bytes give {actual}): the file is damaged"
+            )
     for prefix, key in ((_OPT, "optimizer"), (_TRAINER, "trainer")):
         stray = [name for name in entries if name.startswith(prefix)]
         if stray and key not in meta:

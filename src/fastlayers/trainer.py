@@ -603,10 +603,13 @@ class Trainer:
             )
         if run.validation_split != validation_split:
             raise CheckpointError(
-                f"fit: resume from {path}: validation_split is {validation_split!r} but the run used {run.validation_split!r}"
+                f"fit: resume from {path}: validation_split is {validation_split!r} but the run used "
+                f"{run.validation_split!r}"
             )
         if run.key != key:
-            raise CheckpointError(f"fit: resume from {path}: the run's early stopping monitors {run.key!r}, this call {key!r}")
+            raise CheckpointError(
+                f"fit: resume from {path}: the run's early stopping monitors {run.key!r}, this call {key!r}"
+            )
         if run.split is not None and len(run.split) != samples:
             raise CheckpointError(f"{path}: trainer/split holds {len(run.split)} indices for {samples} samples")
         n_train = samples - (int(round(samples * validation_split)) if validation_split is not None else 0)
