@@ -172,3 +172,24 @@ def test_nonfinite_gradient_works_on_parameters_rebound_behind_the_optimizer():
     assert opt.nonfinite_gradient() == 0
     p.grad = np.zeros(4, np.float32)
     assert opt.nonfinite_gradient() is None
+
+
+def test_check_finite_false_trains_identically_and_reports_only_the_loss_after_the_update():
+    x, t = data(n=200)
+    runs = []
+    for check in (True, False):
+        model = bn_mlp(seed=2)
+        trainer = Trainer(model, losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters()), verbose=False,
+                          check_finite=check)
+        trainer.fit(x, t, epochs=2, batch_size=32)
+        runs.append(model.state_dict())
+    assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+    x[7, 0] = np.nan
+    model = bn_mlp(seed=2)
+    trainer = Trainer(model, losses.SoftmaxCrossEntropy(), optim.SGD(model.parameters()), verbose=False,
+                      check_finite=False)
+    with pytest.raises(FloatingPointError, match="epoch 1, step 1.*has been applied") as info:
+        trainer.fit(x, t, epochs=1, batch_size=20, shuffle=False)
+    assert not isinstance(info.value, NonFiniteError)
+    assert not np.isfinite(model[0].W.data).all()  # what the guard exists to prevent
