@@ -81,7 +81,7 @@ def epoch_digest(name: str, samples: int) -> str:
     return h.hexdigest()
 
 
-EPOCHS = {"mlp-bn": 3000, "simple-cnn": 1000}
+EPOCHS = {"mlp-bn": 2000, "simple-cnn": 600}
 
 
 def test_same_seed_same_weights_after_a_full_epoch_run_after_run():
