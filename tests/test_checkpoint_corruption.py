@@ -271,7 +271,7 @@ def test_the_good_file_passes_every_reader(tmp_path, good):
     model = fastlayers.load(path)
     checkpoint.load_optimizer(path, optim.Adam(model.parameters()))
     make_trainer(seed=5).fit(x, t, checkpoint=path, resume=True, **FIT)
-    # The helpers that damage files leave a good file good when they change nothing.
+    # The damage functions leave a good file good when they change nothing.
     checkpoint.verify(write(tmp_path, join(*split(raw))))
     checkpoint.verify(write(tmp_path, edit_header(lambda h, d: None, crc=True)(raw)))
 
