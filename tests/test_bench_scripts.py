@@ -70,6 +70,16 @@ def test_scaling_quick(tmp_path):
     assert report["other_load_cores"] is None or report["other_load_cores"] >= 0
 
 
+def test_step_guard_quick(tmp_path):
+    report = run(tmp_path, "step_guard.py")
+    assert report["validation_passed"] is True
+    assert [r["network"] for r in report["rows"]] == ["simple-cnn", "mlp-bn"]
+    for r in report["rows"]:
+        assert r["step_ms"] > 0 and r["guard_us"] > 0
+        assert r["guard_share"] == pytest.approx(r["guard_us"] / (1e3 * r["step_ms"]))
+    assert [r["buffers"] for r in report["rows"]] == [0, 10]  # mlp-bn: five BatchNorms' running mean and variance
+
+
 # The validation is what makes the timings mean something: it must notice a wrong result and
 # an output left unwritten.
 

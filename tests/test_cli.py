@@ -97,3 +97,28 @@ def test_gradcheck_command_passes_for_a_model(capsys):
     assert cli.main(["gradcheck", "--model", "mlp", "--max-entries", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["ok"] and "input" in result["errors"] and max(result["errors"].values()) < cli.GRADCHECK_TOLERANCE
+
+
+def test_train_checkpoint_and_resume_continue_the_run_exactly(tmp_path, capsys):
+    args = ["train", "--model", "mlp", "--batchnorm", "--dropout", "0.2", "--limit", "300", "--batch-size", "50",
+            "--validation-split", "0.2", "--json", "--quiet"]
+
+    def run(*extra):
+        assert cli.main(args + list(extra)) == 0
+        return json.loads(capsys.readouterr().out)
+
+    straight = run("--epochs", "2", "--save", str(tmp_path / "straight.safetensors"))
+    path = tmp_path / "run.safetensors"
+    run("--epochs", "1", "--checkpoint", str(path), "--checkpoint-every", "2")
+    resumed = run("--epochs", "2", "--checkpoint", str(path), "--resume", "--save", str(tmp_path / "resumed.safetensors"))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    a, b = fastlayers.load(tmp_path / "straight.safetensors"), fastlayers.load(tmp_path / "resumed.safetensors")
+    for k, v in a.state_dict().items():
+        assert np.array_equal(b.state_dict()[k], v), k
+    # A checkpoint that does not fit the run is an error message, not a traceback.
+    assert cli.main(args + ["--epochs", "2", "--limit", "200", "--checkpoint", str(path), "--resume"]) == 2
+    assert "training data differ" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", "--quiet"]) == 2
+    assert "need --checkpoint" in capsys.readouterr().err

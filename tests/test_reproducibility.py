@@ -56,3 +56,44 @@ def test_same_seed_same_weights_run_to_run(batches):
     _, a = train(MODELS["deep-cnn"], batches, 2)
     _, b = train(MODELS["deep-cnn"], batches, 2)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def epoch_digest(name: str, samples: int) -> str:
+    """SHA-256 of the weights, buffers, optimizer state and history loss after one epoch of
+    ``fit`` (shuffled batches, dropout, BatchNorm) on the first ``samples`` bundled images."""
+    import hashlib
+
+    (x, t), _ = data.load_bundled()
+    x, t = x[:samples], t[:samples]
+    model = MODELS[name]()
+    if name == "mlp-bn":
+        x = x.reshape(len(x), -1)
+    trainer = Trainer(model, losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters()), seed=0, verbose=False)
+    history = trainer.fit(x, t, epochs=1, batch_size=100)
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.tobytes())
+    for key, value in sorted(trainer.optimizer.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.tobytes() if isinstance(value, np.ndarray) else repr(value).encode())
+    h.update(repr(history[0]["loss"]).encode())
+    return h.hexdigest()
+
+
+EPOCHS = {"mlp-bn": 2000, "simple-cnn": 600}
+
+
+def test_same_seed_same_weights_after_a_full_epoch_run_after_run():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = {name: epoch_digest(name, n) for name, n in EPOCHS.items()}
+    assert here == {name: epoch_digest(name, n) for name, n in EPOCHS.items()}
+    # A fresh process (other addresses, other allocation alignment) gives the same bits.
+    code = ("from tests.test_reproducibility import EPOCHS, epoch_digest; "
+            "print(*(epoch_digest(k, n) for k, n in EPOCHS.items()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == list(here.values())

@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--validation-split", type=float, default=None)
     t.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs")
     t.add_argument("--save", type=Path, default=None, help="write the trained model to this .safetensors file")
+    t.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
+                   help="write the whole training state to PATH after every epoch (atomically)")
+    t.add_argument("--checkpoint-every", type=_count(1), default=None, metavar="N",
+                   help="with --checkpoint: also write it every N training steps")
+    t.add_argument("--resume", action="store_true",
+                   help="with --checkpoint: continue the run saved there, if the file exists; --epochs counts the "
+                   "whole run")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -107,12 +114,15 @@ def _load_data(name: str, download: bool):
 
 def _train(args) -> int:
     from . import backend, optim
-    from .checkpoint import save
+    from .checkpoint import CheckpointError, save
     from .data import DatasetError
     from .losses import SoftmaxCrossEntropy
     from .models import get as get_model
-    from .trainer import Trainer, step_decay
+    from .trainer import NonFiniteError, Trainer, step_decay
 
+    if args.checkpoint is None and (args.resume or args.checkpoint_every is not None):
+        print("fastlayers: --resume and --checkpoint-every need --checkpoint PATH", file=sys.stderr)
+        return 2
     if args.backend:
         backend.set_backend(args.backend)
     if args.threads is not None:
@@ -148,15 +158,25 @@ def _train(args) -> int:
         file=log,
     )
     start = time.perf_counter()
-    history = trainer.fit(
-        x_train,
-        t_train,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        patience=args.patience,
-        lr_schedule=None if args.lr_step is None else step_decay(lr, args.lr_step, args.lr_gamma),
-    )
+    try:
+        history = trainer.fit(
+            x_train,
+            t_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_split=args.validation_split,
+            patience=args.patience,
+            lr_schedule=None if args.lr_step is None else step_decay(lr, args.lr_step, args.lr_gamma),
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+        )
+    except CheckpointError as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteError as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 1
     wall = time.perf_counter() - start
     test = trainer.evaluate(x_test, t_test)
     result = {

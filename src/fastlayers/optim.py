@@ -16,6 +16,8 @@ max-norm constraint. Weight decay, L1 and max-norm apply to parameters with
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import backend
@@ -289,6 +291,25 @@ class Optimizer:
                 mn = _max_norm_view(p.data)
                 if mn is not None:
                     k.max_norm_update(mn[0], self.max_norm, mn[1])
+
+    def nonfinite_gradient(self) -> int | None:
+        """The index in ``params`` of the first parameter whose gradient holds a NaN or an
+        infinity, or None when every gradient is finite.
+
+        A float64 sum of absolute values is NaN or infinite when an entry is, so the usual
+        case costs one native ``sum_abs`` per group over the flat gradient buffers. The
+        converse can fail only by overflow (a float64 gradient's sum can exceed the largest
+        double; a float32 one's cannot), so a non-finite sum is confirmed parameter by
+        parameter before anything is reported.
+        """
+        if self._packed():
+            k = backend.kernels()
+            if all(math.isfinite(k.sum_abs(group.grad)) for group in self._groups):
+                return None
+        for i, p in enumerate(self.params):
+            if not np.isfinite(p.grad).all():
+                return i
+        return None
 
     def penalty(self) -> float:
         """Sum over regularized parameters of 0.5*weight_decay*||W||² + l1*sum|W|."""

@@ -364,8 +364,12 @@ class Profile:
         self._update = _Unit(f"update {type(self.optimizer).__name__}")
         self._contexts: dict[tuple, None] = {}
 
-    def train_step(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
-        """Forward, backward and one optimizer update on one batch, timed; returns (loss, scores)."""
+    def train_step(self, x: np.ndarray, t: np.ndarray, before_update=None) -> tuple[float, np.ndarray]:
+        """Forward, backward and one optimizer update on one batch, timed; returns (loss, scores).
+
+        ``before_update(loss)``, if given, runs between the backward pass and the update (the
+        trainer checks there that the step is finite); its time counts as the update's, and
+        an exception from it skips the update and leaves this step out of the profile."""
         model, loss_fn, opt = self.model, self.loss, self.optimizer
         context = (backend.get_backend(), backend.get_num_threads())
         runner = _TimedRunner(self, context)
@@ -393,6 +397,8 @@ class Profile:
             else:
                 runner.backward([(None, model, ())], dscores)
             t5 = clock()
+            if before_update is not None:
+                before_update(loss)
             opt.step()
             t6 = clock()
         finally:
