@@ -29,6 +29,8 @@ using Shape = std::vector<i64>;
 std::string shape_str(const py::array& a);
 std::string shape_str(const Shape& s);
 std::string dtype_str(const py::array& a);
+// Python's repr of a float ("nan", "-1.0", "inf"), so messages read like the oracle's.
+std::string real_repr(double v);
 
 struct Checker {
     const char* kernel;
@@ -63,6 +65,14 @@ struct Checker {
     i64 positive_int(py::handle v, const char* name) const;
     i64 nonnegative_int(py::handle v, const char* name) const;
     double real(py::handle v, const char* name) const;
+    // A real that is neither infinite nor NaN.
+    double finite(py::handle v, const char* name) const;
+
+    // A scratch buffer of the product of `factors` elements of `elem_bytes` each, checked before
+    // the kernel allocates it: OverflowError when its size does not fit 64 bits, MemoryError
+    // when it exceeds the machine's physical memory (an allocation the operating system might
+    // grant lazily and then kill the process for touching). `what` names the buffer.
+    void scratch_fits(std::initializer_list<i64> factors, i64 elem_bytes, const std::string& what) const;
 
     [[noreturn]] void value_error(const std::string& msg) const;
     [[noreturn]] void type_error(const std::string& msg) const;
