@@ -161,7 +161,7 @@ void conv_pool_forward(py::object out_, py::object argmax_, py::object x_, py::o
     py::array argmax = int64_array(c, argmax_, "argmax");
     c.writeable(argmax, "argmax");
     ConvGeometry g = checked_conv(c, x, W, stride, pad);
-    const PoolGeometry pg = pool_geometry(c, g.N, g.FN, g.OH, g.OW, PH, PW, pool_stride, pool_pad, "x",
+    const PoolGeometry pg = pool_geometry(c, g.N, g.FN, g.OH, g.OW, PH, PW, pool_stride, pool_pad, nullptr,
                                           "pool_stride", "pool_pad");
     c.shape(b.a, "b", {g.FN});
     c.shape(out.a, "out", {g.N, g.FN, pg.OH, pg.OW});

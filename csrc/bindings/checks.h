@@ -94,7 +94,8 @@ Arr output(const Checker& c, py::handle obj, const char* name, std::optional<DTy
 std::optional<Arr> optional_output(const Checker& c, py::handle obj, const char* name, DType want, const char* like);
 
 // A pooling window over an H x W plane, validated as the oracle's _geometry and _pool_pad do
-// (defined in bind_pool.cpp; the fused convolution + pooling kernel uses it too).
+// (defined in bind_pool.cpp; the fused convolution + pooling kernel uses it too, with x_name
+// null: the plane is then the convolution output of x).
 PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::handle PH, py::handle PW,
                            py::handle stride, py::handle pad, const char* x_name, const char* stride_name = "stride",
                            const char* pad_name = "pad");

@@ -36,9 +36,10 @@ def _geometry(
     stride = c.positive_int(stride, stride_name)
     pad = c.nonnegative_int(pad, pad_name)
     Hp, Wp = H + 2 * pad, W + 2 * pad
+    plane = f"argument '{x_name}'" if x_name else "the convolution output of 'x'"
     if Hp < FH or Wp < FW:
         c.value_error(
-            f"argument '{x_name}' has a padded plane of ({Hp}, {Wp}) (H={H}, W={W}, pad={pad}); "
+            f"{plane} has a padded plane of ({Hp}, {Wp}) (H={H}, W={W}, {pad_name}={pad}); "
             f"expected at least the window ({FH}, {FW})"
         )
     OH = (Hp - FH) // stride + 1
@@ -370,7 +371,7 @@ def avgpool2d_backward(dx, dout, PH, PW, stride, pad):
 def _conv_pool_geometry(c: Checker, x, W, stride, pad, PH, PW, pool_stride, pool_pad):
     N, C, H, Wd, FN, FH, FW, stride, pad, OH, OW = _checked_conv(c, x, W, stride, pad)
     PH, PW, pool_stride, pool_pad, POH, POW = _geometry(
-        c, OH, OW, PH, PW, pool_stride, pool_pad, "PH", "PW", "x", "pool_stride", "pool_pad"
+        c, OH, OW, PH, PW, pool_stride, pool_pad, "PH", "PW", None, "pool_stride", "pool_pad"
     )
     _pool_pad(c, pool_pad, PH, PW, "pool_pad")
     return (N, FN, OH, OW), (stride, pad, PH, PW, pool_stride, pool_pad), (N, FN, POH, POW)
