@@ -60,7 +60,7 @@ def hyper_strategy(name: str, kind: str):
     return st.floats(*floats[kind])
 
 
-def clamp_pads(spec, hyper):
+def clamp_pads(hyper):
     """Pooling refuses a pad beyond half the window; keep the draws valid."""
     h = dict(hyper)
     for pad in ("pad", "pool_pad") if "PH" in h else ():
@@ -90,7 +90,7 @@ def calls(draw, spec):
         s = hyper_strategy(h.name, h.role)
         if s is not None:
             hyper[h.name] = draw(s)
-    hyper = clamp_pads(spec, hyper)
+    hyper = clamp_pads(hyper)
     if "FH" in {h.name for h in spec.hypers}:
         hyper["FH"], hyper["FW"] = dims["KH"], dims["KW"]
     seed = draw(st.integers(0, 2**31 - 1))
