@@ -642,7 +642,8 @@ def _conv_pool_backward(pad):
 
 
 def _maxout(n):
-    # x (n, 1) and W (n, 1, 1): 4 MiB each, but every piece of every sample is n * n values.
+    # x (n, 1) and W (n, 1, 1): 8 MiB each for n = 2**21, but every piece of every sample is
+    # n * n values (16 TiB).
     return (_ones(n, 1), np.zeros((n, 1), np.int64), _ones(n, 1), _ones(n, 1, 1), _ones(n, 1))
 
 
@@ -661,8 +662,8 @@ HUGE = [
      ["convolution gradient", "memory"]),
     ("conv2d_relu_maxpool2d_backward", lambda: _conv_pool_backward(2**31), OverflowError,
      ["convolution gradient", "64-bit"]),
-    ("maxout_forward", lambda: _maxout(2**20), MemoryError, ["pieces", "memory"]),
-    ("maxout_backward", lambda: _maxout_backward(2**20), MemoryError, ["pieces", "memory"]),
+    ("maxout_forward", lambda: _maxout(2**21), MemoryError, ["pieces", "memory"]),
+    ("maxout_backward", lambda: _maxout_backward(2**21), MemoryError, ["pieces", "memory"]),
     # A padding that makes the output astronomically large: no array can have that shape.
     ("conv2d_forward", lambda: (_ones(1, 1, 1, 1), _ones(1, 1, 1, 1), _ones(1, 1, 1, 1), _ones(1), 1, 2**40),
      ValueError, ["'out'", "shape", str(2**41 + 1)]),
@@ -915,8 +916,9 @@ def _geometry_api_cases() -> list[ApiCase]:
         ApiCase("Conv2d+ReLU+MaxPool2d: convolution output beyond memory",
                 lambda: L.Sequential(L.Conv2d(1, 1, 1, padding=2**20), L.ReLU(), L.MaxPool2d(1, stride=2**22))
                 .forward(_x((1, 1, 1, 1))), MemoryError, ("convolution output", "memory")),
-        ApiCase("Affine: output beyond memory", lambda: L.Affine(1, 2**24).forward(_x((2**20, 1))), MemoryError,
-                ("Affine(1->16777216)", "memory")),
+        # 2**20 samples of 2**22 outputs: 16 TiB of float32.
+        ApiCase("Affine: output beyond memory", lambda: L.Affine(1, 2**22).forward(_x((2**20, 1))), MemoryError,
+                ("Affine(1->4194304)", "memory")),
     ]
 
 
