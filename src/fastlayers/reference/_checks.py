@@ -6,6 +6,7 @@ refused with the same exception types, so a test of the seam can run on both bac
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -178,8 +179,10 @@ class Checker:
             )
 
 
+@functools.cache
 def physical_memory_bytes() -> int:
-    """This machine's physical memory (0 when the system does not say)."""
+    """This machine's physical memory (0 when the system does not say); asked once, as the
+    layers check every output they allocate against it."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
