@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <unistd.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -25,6 +27,17 @@ inline i64 checked_mul(i64 a, i64 b, const char* what = "size") {
         throw std::overflow_error(std::string(what) + " = " + std::to_string(a) + " * " + std::to_string(b) +
                                   " does not fit a 64-bit integer");
     return r;
+}
+
+// This machine's physical memory in bytes (0 when the system does not say). Scratch larger
+// than this is refused before it is allocated.
+inline i64 physical_memory_bytes() {
+    static const i64 bytes = [] {
+        const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        i64 r;
+        return pages > 0 && page > 0 && !__builtin_mul_overflow(i64{pages}, i64{page}, &r) ? r : i64{0};
+    }();
+    return bytes;
 }
 
 // True on a thread that is running the body of a parallel_for / parallel_chunks, whether or

@@ -30,6 +30,7 @@
 // group order. So results are bit-identical for any thread count.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -569,11 +570,19 @@ std::vector<T> transposed_filters(const T* W, const ConvGeometry& g, const Plan&
     if (!dx || pl.direct || pl.K == 0 || g.stride != 1 || FH != FW || g.pad > FH - 1 || pl.tile != pl.P) return {};
     if (double(K2) * double(g.H) * double(g.W) * double(sizeof(T)) > double(kScratchBytes)) return {};
     std::vector<T> Wt(static_cast<size_t>(C * K2));  // (C, FN*FH*FW); W's size
+    bool finite = true;
     for (i64 c = 0; c < C; ++c)
         for (i64 f = 0; f < FN; ++f)
             for (i64 i = 0; i < FH; ++i)
-                for (i64 j = 0; j < FW; ++j)
-                    Wt[c * K2 + (f * FH + i) * FW + j] = W[((f * C + c) * FH + (FH - 1 - i)) * FW + (FW - 1 - j)];
+                for (i64 j = 0; j < FW; ++j) {
+                    const T w = W[((f * C + c) * FH + (FH - 1 - i)) * FW + (FW - 1 - j)];
+                    finite &= std::isfinite(w);
+                    Wt[c * K2 + (f * FH + i) * FW + j] = w;
+                }
+    // The convolution form also multiplies the padding of g by every tap, which an infinite
+    // or NaN weight turns into NaN at inputs that tap never reaches; (3) touches only the
+    // terms of the gradient itself, as the oracle does.
+    if (!finite) return {};
     return Wt;
 }
 

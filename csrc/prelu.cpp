@@ -47,6 +47,8 @@ double lane_sum(const T* v, i64 n) {
 // and a product does not (the 1 is vm::opaque, see there).
 template <class T>
 void prelu_forward(T* out, const T* x, const T* alpha, i64 N, i64 C, i64 S) {
+    // Nothing to do, and the grain sizes below divide by S.
+    if (N == 0 || C == 0 || S == 0) return;
     if (S == 1) {
         // (N, C): the slope varies along the contiguous axis.
         parallel_chunks(N, [&](i64 n0, i64 n1) {
@@ -81,6 +83,8 @@ void prelu_forward(T* out, const T* x, const T* alpha, i64 N, i64 C, i64 S) {
 //   (2) dalpha[c] += sum over n, s of (x > 0 ? 0 : dout * x)     (accumulated)
 template <class T>
 void prelu_backward(T* dx, T* dalpha, const T* dout, const T* x, const T* alpha, i64 N, i64 C, i64 S) {
+    // No terms: dalpha gains nothing (and the grain sizes below divide by S).
+    if (N == 0 || C == 0 || S == 0) return;
     if (S == 1) {
         // (N, C): (1) row by row; (2) as column sums in double, each thread owning a range of
         // columns and walking the rows in order, so each column is summed in one fixed order.

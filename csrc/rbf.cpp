@@ -8,6 +8,7 @@
 // 0). For float the whole expansion runs in double (float inputs converted once), which puts
 // that error far below a float ulp of the result; for double it is the price of the GEMM.
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -62,6 +63,25 @@ void sq_dist(double* d2, const T* x, const T* c, i64 N, i64 D, i64 M) {
             }
         }
     }, kGrainSelect / M + 1);
+    // A row or centre whose squared norm is not finite (an infinite or NaN entry, or a float64
+    // beyond 1e154) takes the differences directly: the expansion would give inf - inf = NaN
+    // for an infinite distance, whose RBF value is 0, or lose a finite distance between two
+    // huge vectors.
+    auto direct = [&](i64 n, i64 m) {
+        double s = 0.0;
+        for (i64 d = 0; d < D; ++d) {
+            const double t = static_cast<double>(x[n * D + d]) - static_cast<double>(c[m * D + d]);
+            s += t * t;
+        }
+        d2[n * M + m] = s;
+    };
+    for (i64 n = 0; n < N; ++n)
+        if (!std::isfinite(xx[n]))
+            for (i64 m = 0; m < M; ++m) direct(n, m);
+    for (i64 m = 0; m < M; ++m)
+        if (!std::isfinite(cc[m]))
+            for (i64 n = 0; n < N; ++n)
+                if (std::isfinite(xx[n])) direct(n, m);
 }
 
 }  // namespace

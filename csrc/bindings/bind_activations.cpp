@@ -13,7 +13,7 @@ namespace {
 
 using Named = std::pair<const py::array*, const char*>;
 
-std::string repr(double v) { return py::repr(py::float_(v)).cast<std::string>(); }
+std::string repr(double v) { return real_repr(v); }
 
 const char* dtype_name(DType t) { return t == DType::f32 ? "float32" : "float64"; }
 
@@ -354,6 +354,8 @@ void bind_activations(py::module_& m) {
             c.writeable(argmax, "argmax");
             c.shape(argmax, "argmax", {s.N, s.M});
             c.outputs_distinct({{&out.a, "out"}, {&argmax, "argmax"}}, {{&x.a, "x"}, {&s.W.a, "W"}, {&b.a, "b"}});
+            // Every piece's value for every sample, kept to pick the maximum.
+            if (s.K > 1) c.scratch_fits({s.N, s.K, s.M}, x.dtype == DType::f32 ? 4 : 8, "the pieces' outputs (N, K, M)");
             auto* am = static_cast<std::int64_t*>(argmax.mutable_data());
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
@@ -387,6 +389,7 @@ void bind_activations(py::module_& m) {
             Arr db = output(c, db_, "db", x.dtype, "x");
             c.shape(db.a, "db", {s.K, s.M});
             c.outputs_distinct({{&dW.a, "dW"}, {&db.a, "db"}, {dx ? &dx->a : nullptr, "dx"}}, {{&dout.a, "dout"}, {&x.a, "x"}, {&s.W.a, "W"}, {&argmax, "argmax"}});
+            c.scratch_fits({s.N, s.K, s.M}, x.dtype == DType::f32 ? 4 : 8, "the pieces' gradients (N, K, M)");
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;

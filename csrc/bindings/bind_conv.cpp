@@ -161,12 +161,15 @@ void conv_pool_forward(py::object out_, py::object argmax_, py::object x_, py::o
     py::array argmax = int64_array(c, argmax_, "argmax");
     c.writeable(argmax, "argmax");
     ConvGeometry g = checked_conv(c, x, W, stride, pad);
-    const PoolGeometry pg = pool_geometry(c, g.N, g.FN, g.OH, g.OW, PH, PW, pool_stride, pool_pad, "x",
+    const PoolGeometry pg = pool_geometry(c, g.N, g.FN, g.OH, g.OW, PH, PW, pool_stride, pool_pad, nullptr,
                                           "pool_stride", "pool_pad");
     c.shape(b.a, "b", {g.FN});
     c.shape(out.a, "out", {g.N, g.FN, pg.OH, pg.OW});
     c.shape(argmax, "argmax", {g.N, g.FN, pg.OH, pg.OW});
     c.outputs_distinct({{&out.a, "out"}, {&argmax, "argmax"}}, {{&x.a, "x"}, {&W.a, "W"}, {&b.a, "b"}});
+    // The pooled output can be small while the convolution output behind it is not (a pooling
+    // stride far larger than the window); the kernel keeps that one per image.
+    if (g.N > 0) c.scratch_fits({g.FN, g.OH, g.OW}, x.dtype == DType::f32 ? 4 : 8, "the convolution output of one image");
     auto* am = static_cast<std::int64_t*>(argmax.mutable_data());
     dispatch(x.dtype, [&](auto t) {
         using T = decltype(t);
@@ -191,7 +194,11 @@ void conv_pool_backward(py::object dx_, py::object dW_, py::object db_, py::obje
     c.shape(dout.a, "dout", {g.N, g.FN, -1, -1});
     c.same_shape(out.a, "out", dout.a, "dout");
     c.same_shape(argmax, "argmax", dout.a, "dout");
-    argmax_in_range(c, argmax, checked_mul(g.OH, g.OW, "OH*OW"));
+    if (g.N > 0 && g.FN > 0)
+        c.scratch_fits({g.FN, g.OH, g.OW}, x.dtype == DType::f32 ? 4 : 8, "the convolution gradient of one image");
+    i64 plane;  // an argmax with entries has N, FN > 0, so then OH*OW fits (checked above)
+    if (__builtin_mul_overflow(g.OH, g.OW, &plane)) plane = std::numeric_limits<i64>::max();
+    argmax_in_range(c, argmax, plane);
     const auto* am = static_cast<const std::int64_t*>(argmax.data());
     if (dx) c.same_shape(dx->a, "dx", x.a, "x");
     c.same_shape(dW.a, "dW", W.a, "W");

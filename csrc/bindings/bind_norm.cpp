@@ -12,9 +12,6 @@ namespace {
 
 using Named = std::pair<const py::array*, const char*>;
 
-// Python's repr of a float, so messages read like the oracle's ("nan", "-1.0", "inf").
-std::string real_str(double v) { return py::repr(py::float_(v)).cast<std::string>(); }
-
 // x read as (N,F,S), like the oracle's _bn_layout.
 struct Layout {
     i64 N, F, S;
@@ -29,14 +26,14 @@ Layout bn_layout(const Checker& c, const Arr& x) {
 
 double bn_eps(const Checker& c, py::handle v) {
     const double eps = c.real(v, "eps");
-    if (!(eps > 0 && std::isfinite(eps))) c.value_error("argument 'eps' must be a finite number > 0; got " + real_str(eps));
+    if (!(eps > 0 && std::isfinite(eps))) c.value_error("argument 'eps' must be a finite number > 0; got " + real_repr(eps));
     return eps;
 }
 
 double bn_momentum(const Checker& c, py::handle v) {
     const double momentum = c.real(v, "momentum");
     if (!(momentum >= 0 && momentum <= 1))
-        c.value_error("argument 'momentum' must be in [0, 1]; got " + real_str(momentum));
+        c.value_error("argument 'momentum' must be in [0, 1]; got " + real_repr(momentum));
     return momentum;
 }
 
@@ -233,9 +230,9 @@ void bind_norm(py::module_& m) {
             c.same_shape(out.a, "out", x.a, "x");
             c.same_shape(mask, "mask", x.a, "x");
             const double p = c.real(p_, "p");
-            if (!(p >= 0 && p < 1)) c.value_error("argument 'p' must be in [0, 1); got " + real_str(p));
+            if (!(p >= 0 && p < 1)) c.value_error("argument 'p' must be in [0, 1); got " + real_repr(p));
             const std::uint32_t seed = dropout_seed(c, seed_);
-            const double scale = c.real(scale_, "scale");
+            const double scale = c.finite(scale_, "scale");
             c.outputs_distinct({{&out.a, "out"}, {&mask, "mask"}}, {{&x.a, "x"}});
             auto* mk = static_cast<std::uint8_t*>(mask.mutable_data());
             dispatch(x.dtype, [&](auto t) {
@@ -257,7 +254,7 @@ void bind_norm(py::module_& m) {
             c.uint8(mask, "mask");
             c.same_shape(dx.a, "dx", dout.a, "dout");
             c.same_shape(mask, "mask", dout.a, "dout");
-            const double scale = c.real(scale_, "scale");
+            const double scale = c.finite(scale_, "scale");
             c.outputs_distinct({{&dx.a, "dx"}}, {{&dout.a, "dout"}, {&mask, "mask"}});
             const auto* mk = static_cast<const std::uint8_t*>(mask.data());
             dispatch(dout.dtype, [&](auto t) {
@@ -275,7 +272,7 @@ void bind_norm(py::module_& m) {
             Arr x = input(c, x_, "x", std::nullopt, nullptr);
             Arr out = output(c, out_, "out", x.dtype, "x");
             c.same_shape(out.a, "out", x.a, "x");
-            const double alpha = c.real(alpha_, "alpha");
+            const double alpha = c.finite(alpha_, "alpha");
             c.outputs_distinct({{&out.a, "out"}}, {{&x.a, "x"}});
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);

@@ -1,3 +1,4 @@
+#include <cmath>
 #include <string>
 
 #include "checks.h"
@@ -9,8 +10,8 @@ namespace {
 
 // Hyper-parameters, validated in the oracle's order and with its conditions
 // (fastlayers/reference/optim.py): non-real is a TypeError, out of range a ValueError.
-
-std::string float_repr(double v) { return py::repr(py::float_(v)).cast<std::string>(); }
+// Rates and eps must be finite: an infinite one turns every weight into inf or NaN (or, for
+// eps, silently stops the updates).
 
 double real(const Checker& c, py::handle v, const char* name) {
     // Python floats are by far the common case; everything else goes through the full check.
@@ -20,21 +21,23 @@ double real(const Checker& c, py::handle v, const char* name) {
 
 double at_least_zero(const Checker& c, py::handle v, const char* name) {
     const double x = real(c, v, name);
-    // Written as "not >=" so that NaN is refused too.
-    if (!(x >= 0)) c.value_error(std::string("argument '") + name + "' must be >= 0; got " + float_repr(x));
+    // Written as "not (...)" so that NaN is refused too.
+    if (!(x >= 0 && std::isfinite(x)))
+        c.value_error(std::string("argument '") + name + "' must be a finite number >= 0; got " + real_repr(x));
     return x;
 }
 
 double positive(const Checker& c, py::handle v, const char* name) {
     const double x = real(c, v, name);
-    if (!(x > 0)) c.value_error(std::string("argument '") + name + "' must be > 0; got " + float_repr(x));
+    if (!(x > 0 && std::isfinite(x)))
+        c.value_error(std::string("argument '") + name + "' must be a finite number > 0; got " + real_repr(x));
     return x;
 }
 
 double fraction(const Checker& c, py::handle v, const char* name) {
     const double x = real(c, v, name);
     if (!(0 <= x && x < 1))
-        c.value_error(std::string("argument '") + name + "' must be in [0, 1); got " + float_repr(x));
+        c.value_error(std::string("argument '") + name + "' must be in [0, 1); got " + real_repr(x));
     return x;
 }
 

@@ -54,9 +54,10 @@ PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::han
     const i64 stride = c.positive_int(stride_, stride_name);
     const i64 pad = c.nonnegative_int(pad_, pad_name);
     if (padded_too_small(H, pad, PH) || padded_too_small(W, pad, PW))
-        c.value_error(std::string("argument '") + x_name + "' has a padded plane of (" + std::to_string(padded(H, pad)) +
-                      ", " + std::to_string(padded(W, pad)) + ") (H=" + std::to_string(H) + ", W=" + std::to_string(W) +
-                      ", pad=" + std::to_string(pad) + "); expected at least the window (" + std::to_string(PH) + ", " +
+        c.value_error((x_name ? std::string("argument '") + x_name + "'" : std::string("the convolution output of 'x'")) +
+                      " has a padded plane of (" + std::to_string(padded(H, pad)) + ", " + std::to_string(padded(W, pad)) +
+                      ") (H=" + std::to_string(H) + ", W=" + std::to_string(W) + ", " + pad_name + "=" +
+                      std::to_string(pad) + "); expected at least the window (" + std::to_string(PH) + ", " +
                       std::to_string(PW) + ")");
     // Keeps at least one real element in every window (PyTorch's rule).
     if (pad > PH / 2 || pad > PW / 2)

@@ -12,8 +12,10 @@ struct Targets {
     const void* dist = nullptr;
 };
 
-Targets check_targets(const Checker& c, py::handle t_, DType dtype, i64 N, i64 K) {
+Targets check_targets(const Checker& c, py::handle t_, DType dtype, const char* scores, i64 N, i64 K) {
     Targets r{c.array(t_, "t")};
+    if (r.a.ndim() != 1 && r.a.ndim() != 2)
+        c.value_error("argument 't' must be 1-D labels (N,) or 2-D targets (N, K); got shape " + shape_str(r.a));
     if (r.a.ndim() == 1) {
         c.int64(r.a, "t");
         c.shape(r.a, "t", {N});
@@ -23,7 +25,7 @@ Targets check_targets(const Checker& c, py::handle t_, DType dtype, i64 N, i64 K
                 c.value_error("argument 't' holds label " + std::to_string(r.labels[n]) + " at index " +
                               std::to_string(n) + "; expected labels in [0, " + std::to_string(K) + ")");
     } else {
-        c.same_dtype(r.a, "t", dtype, "logits");
+        c.same_dtype(r.a, "t", dtype, scores);
         c.shape(r.a, "t", {N, K});
         r.dist = r.a.data();
     }
@@ -43,7 +45,7 @@ void bind_softmax_cross_entropy(py::module_& m) {
             const i64 N = logits.dim(0), K = logits.dim(1);
             if (K < 1) c.value_error("argument 'logits' must have at least one class; got shape " + shape_str(logits.a));
             c.same_shape(probs.a, "probs", logits.a, "logits");
-            Targets t = check_targets(c, t_, logits.dtype, N, K);
+            Targets t = check_targets(c, t_, logits.dtype, "logits", N, K);
             c.outputs_distinct({{&probs.a, "probs"}}, {{&logits.a, "logits"}, {&t.a, "t"}});
             return dispatch(logits.dtype, [&](auto tag) {
                 using T = decltype(tag);
@@ -64,7 +66,7 @@ void bind_softmax_cross_entropy(py::module_& m) {
             c.ndim(probs.a, "probs", 2);
             const i64 N = probs.dim(0), K = probs.dim(1);
             c.same_shape(dlogits.a, "dlogits", probs.a, "probs");
-            Targets t = check_targets(c, t_, probs.dtype, N, K);
+            Targets t = check_targets(c, t_, probs.dtype, "probs", N, K);
             c.outputs_distinct({{&dlogits.a, "dlogits"}}, {{&probs.a, "probs"}, {&t.a, "t"}});
             const double dloss = c.real(dloss_, "dloss");
             dispatch(probs.dtype, [&](auto tag) {

@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <cmath>
 #include <iterator>
 #include <sstream>
 
@@ -177,7 +178,47 @@ i64 Checker::nonnegative_int(py::handle v, const char* name) const {
 
 double Checker::real(py::handle v, const char* name) const {
     if (!is_real(v)) type_error(std::string("argument '") + name + "' must be a real number; got " + type_name(v));
-    return v.cast<double>();
+    const double r = PyFloat_AsDouble(v.ptr());
+    if (r == -1.0 && PyErr_Occurred()) {
+        // An int beyond the range of a double: out of range like any value the kernel cannot use.
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) throw py::error_already_set();
+        PyErr_Clear();
+        value_error(std::string("argument '") + name + "' is out of range; got an int of " +
+                    py::str(v.attr("bit_length")()).cast<std::string>() + " bits");
+    }
+    return r;
+}
+
+double Checker::finite(py::handle v, const char* name) const {
+    const double r = real(v, name);
+    if (!std::isfinite(r)) value_error(std::string("argument '") + name + "' must be a finite number; got " + real_repr(r));
+    return r;
+}
+
+std::string real_repr(double v) { return py::repr(py::float_(v)).cast<std::string>(); }
+
+void Checker::scratch_fits(std::initializer_list<i64> factors, i64 elem_bytes, const std::string& what) const {
+    std::string expr;
+    i64 bytes = elem_bytes;
+    bool overflow = false;
+    for (i64 f : factors) {
+        expr += (expr.empty() ? "" : " * ") + std::to_string(f);
+        overflow = overflow || __builtin_mul_overflow(bytes, f, &bytes);
+    }
+    if (overflow) {
+        const std::string msg = std::string(kernel) + ": " + what + " of " + expr + " elements of " +
+                                std::to_string(elem_bytes) + " bytes does not fit a 64-bit size";
+        PyErr_SetString(PyExc_OverflowError, msg.c_str());
+        throw py::error_already_set();
+    }
+    const i64 limit = physical_memory_bytes();
+    if (limit > 0 && bytes > limit) {
+        const std::string msg = std::string(kernel) + ": " + what + " of " + expr + " elements needs " +
+                                std::to_string(bytes) + " bytes; more than this machine's memory (" +
+                                std::to_string(limit) + " bytes)";
+        PyErr_SetString(PyExc_MemoryError, msg.c_str());
+        throw py::error_already_set();
+    }
 }
 
 Arr input(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like) {

@@ -29,6 +29,8 @@ using Shape = std::vector<i64>;
 std::string shape_str(const py::array& a);
 std::string shape_str(const Shape& s);
 std::string dtype_str(const py::array& a);
+// Python's repr of a float ("nan", "-1.0", "inf"), so messages read like the oracle's.
+std::string real_repr(double v);
 
 struct Checker {
     const char* kernel;
@@ -63,6 +65,14 @@ struct Checker {
     i64 positive_int(py::handle v, const char* name) const;
     i64 nonnegative_int(py::handle v, const char* name) const;
     double real(py::handle v, const char* name) const;
+    // A real that is neither infinite nor NaN.
+    double finite(py::handle v, const char* name) const;
+
+    // A scratch buffer of the product of `factors` elements of `elem_bytes` each, checked before
+    // the kernel allocates it: OverflowError when its size does not fit 64 bits, MemoryError
+    // when it exceeds the machine's physical memory (an allocation the operating system might
+    // grant lazily and then kill the process for touching). `what` names the buffer.
+    void scratch_fits(std::initializer_list<i64> factors, i64 elem_bytes, const std::string& what) const;
 
     [[noreturn]] void value_error(const std::string& msg) const;
     [[noreturn]] void type_error(const std::string& msg) const;
@@ -84,7 +94,8 @@ Arr output(const Checker& c, py::handle obj, const char* name, std::optional<DTy
 std::optional<Arr> optional_output(const Checker& c, py::handle obj, const char* name, DType want, const char* like);
 
 // A pooling window over an H x W plane, validated as the oracle's _geometry and _pool_pad do
-// (defined in bind_pool.cpp; the fused convolution + pooling kernel uses it too).
+// (defined in bind_pool.cpp; the fused convolution + pooling kernel uses it too, with x_name
+// null: the plane is then the convolution output of x).
 PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::handle PH, py::handle PW,
                            py::handle stride, py::handle pad, const char* x_name, const char* stride_name = "stride",
                            const char* pad_name = "pad");

@@ -128,7 +128,10 @@ _BUNDLED_TRAIN_PER_CLASS = 800
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decodes uncompressed IDX bytes into a native-endian array; ``name`` labels errors."""
-    data = memoryview(data).cast("B")
+    try:
+        data = memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError(f"parse_idx: data must be bytes-like, got {type(data).__name__}") from None
     if len(data) >= 2 and bytes(data[:2]) == _GZIP_MAGIC:
         raise DatasetError(
             f"{name}: this looks gzip-compressed (it starts with the gzip magic bytes 1f 8b), "

@@ -16,6 +16,7 @@ import numpy as np
 from . import backend
 from . import init as _init
 from .parameter import Parameter
+from .reference._checks import physical_memory_bytes
 
 __all__ = [
     "Layer",
@@ -64,6 +65,37 @@ def _positive_int(value, name: str, owner: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _real(value, name: str, owner: str, allow_inf: bool = False) -> float:
+    """A real constructor argument as a float: a str, bool or None is a TypeError (float("0.5")
+    would quietly accept text), NaN a ValueError, and so is an infinity unless ``allow_inf``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
+    try:
+        v = float(value)
+    except OverflowError:
+        raise ValueError(f"{owner}: {name} is out of range, got an int of {int(value).bit_length()} bits") from None
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise ValueError(f"{owner}: {name} must be a finite number, got {v}")
+    return v
+
+
+def _empty(layer: Layer, shape, dtype, what: str = "output") -> np.ndarray:
+    """np.empty for an array whose size follows from the layer's settings as well as its input
+    (a convolution's padding, an affine's width), refused before it is allocated when its
+    size does not fit 64 bits (OverflowError) or exceeds this machine's memory (MemoryError)."""
+    shape = tuple(int(d) for d in shape)
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > 2**63 - 1:
+        raise OverflowError(f"{layer._tag()}: the {what} of shape {shape} does not fit a 64-bit size")
+    limit = physical_memory_bytes()
+    if limit and nbytes > limit:
+        raise MemoryError(
+            f"{layer._tag()}: the {what} of shape {shape} needs {nbytes} bytes; "
+            f"more than this machine's memory ({limit} bytes)"
+        )
+    return np.empty(shape, dtype)
 
 
 def _pair(value, name: str, owner: str) -> tuple[int, int]:
@@ -332,7 +364,7 @@ class Affine(_WeightBias):
     def _forward(self, x, train, relu: bool):
         x = self._input(x)
         x2 = _flatten_features(self, x, self.in_features)
-        out = np.empty((x2.shape[0], self.out_features), self.dtype)
+        out = _empty(self, (x2.shape[0], self.out_features), self.dtype)
         k = backend.kernels()
         (k.affine_relu_forward if relu else k.affine_forward)(out, x2, self.W.data, self._bias()[0])
         self._cache = (x.shape, x2, out, relu)
@@ -429,7 +461,7 @@ class Conv2d(_WeightBias):
 
     def _forward(self, x, train, relu: bool):
         x, shape = self._checked(x)
-        out = np.empty(shape, self.dtype)
+        out = _empty(self, shape, self.dtype)
         k = backend.kernels()
         (k.conv2d_relu_forward if relu else k.conv2d_forward)(
             out, x, self.W.data, self._bias()[0], self.stride, self.padding
@@ -446,7 +478,7 @@ class Conv2d(_WeightBias):
         pool = absorbed[1]
         x, shape = self._checked(x)
         pooled, (PH, PW) = pool._output(shape), pool.kernel_size
-        out, argmax = np.empty(pooled, self.dtype), np.empty(pooled, np.int64)
+        out, argmax = _empty(self, pooled, self.dtype, "pooled output"), _empty(self, pooled, np.int64, "argmax")
         backend.kernels().conv2d_relu_maxpool2d_forward(
             out, argmax, x, self.W.data, self._bias()[0], self.stride, self.padding, PH, PW, pool.stride, pool.padding
         )
@@ -623,7 +655,7 @@ class BatchNorm(_FusesReLU):
 
     def __init__(self, num_features, momentum=0.9, eps=1e-5, dtype=np.float32):
         self.num_features = _positive_int(num_features, "num_features", "BatchNorm")
-        momentum, eps = float(momentum), float(eps)
+        momentum, eps = _real(momentum, "momentum", "BatchNorm"), _real(eps, "eps", "BatchNorm")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum}")
         if not eps > 0.0:
@@ -713,11 +745,18 @@ class Dropout(Layer):
     MODES = ("inverted", "scale_at_inference")
 
     def __init__(self, p=0.5, mode="inverted", seed=None):
-        p = float(p)
+        p = _real(p, "p", "Dropout")
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         if mode not in self.MODES:
             raise ValueError(f"Dropout: mode must be one of {', '.join(map(repr, self.MODES))}; got {mode!r}")
+        if seed is not None:
+            # int(seed) would quietly truncate 1.5 or parse "7"; a bad seed is refused here,
+            # not at the first training forward.
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise TypeError(f"Dropout: seed must be an int or None, got {type(seed).__name__}")
+            if not 0 <= seed < 2**32:
+                raise ValueError(f"Dropout: seed must be in [0, 2**32), got {seed}")
         self.p, self.mode, self.seed = p, mode, seed
         self.rng = np.random.default_rng()
         self._cache = None
@@ -823,7 +862,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, alpha=0.01):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = _real(alpha, "alpha", "LeakyReLU")
 
     def _hyper(self):
         return (self.alpha,)
@@ -847,7 +886,9 @@ class HardTanh(_Activation):
 
     def __init__(self, min_val=-1.0, max_val=1.0):
         super().__init__()
-        self.min_val, self.max_val = float(min_val), float(max_val)
+        # Infinite bounds clip nothing on that side (the kernels' contract); NaN is refused.
+        self.min_val = _real(min_val, "min_val", "HardTanh", allow_inf=True)
+        self.max_val = _real(max_val, "max_val", "HardTanh", allow_inf=True)
         if not self.min_val < self.max_val:
             raise ValueError(f"HardTanh: min_val must be < max_val, got {self.min_val} and {self.max_val}")
 
@@ -879,7 +920,7 @@ class PReLU(Layer):
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
         self.num_parameters = _positive_int(num_parameters, "num_parameters", "PReLU")
-        self.init = float(init)
+        self.init = _real(init, "init", "PReLU")
         self.dtype = _float_dtype(dtype)
         self.alpha = Parameter(np.full(self.num_parameters, self.init, self.dtype), "alpha", regularize=False)
         self._cache = None
@@ -937,7 +978,7 @@ class Maxout(Layer):
         x = self._input(x)
         x2 = _flatten_features(self, x, self.in_features)
         N = x2.shape[0]
-        out = np.empty((N, self.out_features), self.dtype)
+        out = _empty(self, (N, self.out_features), self.dtype)
         argmax = np.empty((N, self.out_features), np.int64)
         backend.kernels().maxout_forward(out, argmax, x2, self.W.data, self.b.data)
         self._cache = (x.shape, x2, out, argmax)
@@ -992,7 +1033,7 @@ class RBF(Layer):
     def forward(self, x, train=None):
         x = self._input(x)
         x2 = _flatten_features(self, x, self.in_features)
-        out = np.empty((x2.shape[0], self.out_features), self.dtype)
+        out = _empty(self, (x2.shape[0], self.out_features), self.dtype)
         backend.kernels().rbf_forward(out, x2, self.centers.data, self.widths.data)
         self._cache = (x.shape, x2, out)
         return out

@@ -9,6 +9,13 @@ from . import backend
 __all__ = ["Loss", "SoftmaxCrossEntropy", "SoftmaxWithLoss", "MeanSquaredError", "loss_from_config", "LOSSES"]
 
 
+def _dout(owner: str, dout) -> float:
+    # float("2") would accept text; NaN and infinities pass, as an upstream gradient may hold them.
+    if isinstance(dout, bool) or not isinstance(dout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{owner}: dout must be a real number, got {type(dout).__name__}")
+    return float(dout)
+
+
 def _scores(owner: str, y) -> np.ndarray:
     if not isinstance(y, np.ndarray):
         raise TypeError(f"{owner}: input must be a numpy.ndarray, got {type(y).__name__}")
@@ -64,7 +71,7 @@ class SoftmaxCrossEntropy(Loss):
     def backward(self, dout=1.0) -> np.ndarray:
         probs, t = self._cached(self._cache)
         dscores = np.empty_like(probs)
-        backend.kernels().softmax_cross_entropy_backward(dscores, probs, t, float(dout))
+        backend.kernels().softmax_cross_entropy_backward(dscores, probs, t, _dout("SoftmaxCrossEntropy", dout))
         return dscores
 
 
@@ -87,7 +94,7 @@ class MeanSquaredError(Loss):
     def backward(self, dout=1.0) -> np.ndarray:
         y, t = self._cached(self._cache)
         dy = np.empty_like(y)
-        backend.kernels().mse_backward(dy, y, t, float(dout))
+        backend.kernels().mse_backward(dy, y, t, _dout("MeanSquaredError", dout))
         return dy
 
 

@@ -32,20 +32,28 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 def _real(owner: str, name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(v).__name__}")
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"{owner}: {name} is out of range, got an int of {int(v).bit_length()} bits") from None
+
+
+# Rates, penalties, eps and max_norm must be finite: an infinite one turns every weight into
+# inf or NaN at the first step (or, for eps and max_norm, silently does nothing), and the
+# kernels refuse it anyway, at the first step rather than here.
 
 
 def _at_least(owner: str, name: str, v, low: float) -> float:
     v = _real(owner, name, v)
-    if not v >= low:  # also refuses NaN
-        raise ValueError(f"{owner}: {name} must be >= {low:g}, got {v}")
+    if not (v >= low and math.isfinite(v)):  # also refuses NaN
+        raise ValueError(f"{owner}: {name} must be a finite number >= {low:g}, got {v}")
     return v
 
 
 def _positive(owner: str, name: str, v) -> float:
     v = _real(owner, name, v)
-    if not v > 0:
-        raise ValueError(f"{owner}: {name} must be > 0, got {v}")
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {v}")
     return v
 
 
@@ -85,6 +93,16 @@ def _max_norm_view(data: np.ndarray) -> tuple[np.ndarray, int] | None:
         # A C-contiguous reshape is a view, so the kernel rescales the filters in place.
         return data.reshape(data.shape[0], -1), 1
     return None
+
+
+def _check_writeable(owner: str, i: int, p: Parameter) -> None:
+    # Packing would copy a read-only array into a writeable buffer and rebind the parameter to
+    # it: the "frozen" weights would then be trained without a word.
+    if isinstance(p.data, np.ndarray) and not p.data.flags.writeable:
+        raise ValueError(
+            f"{owner}: params[{i}] ({p.name!r}) is read-only; an optimizer updates its parameters in place "
+            "(leave a frozen parameter out of the list)"
+        )
 
 
 class Optimizer:
@@ -146,6 +164,7 @@ class Optimizer:
             if id(p) in seen:
                 raise ValueError(f"{owner}: params[{i}] ({p.name!r}) appears more than once")
             seen.add(id(p))
+            _check_writeable(owner, i, p)
         self.params: list[Parameter] = params
         self.lr = lr
         self.weight_decay = _at_least(owner, "weight_decay", weight_decay, 0)
@@ -187,7 +206,7 @@ class Optimizer:
         """Whether every parameter holds a float array with a matching gradient (and state)."""
         for i, p in enumerate(self.params):
             data, grad = p.data, p.grad
-            if not (isinstance(data, np.ndarray) and data.dtype in _FLOATS):
+            if not (isinstance(data, np.ndarray) and data.dtype in _FLOATS and data.flags.writeable):
                 return False
             if not (isinstance(grad, np.ndarray) and grad.shape == data.shape and grad.dtype == data.dtype):
                 return False
@@ -265,12 +284,15 @@ class Optimizer:
 
     def step(self) -> None:
         """One update of every parameter from its current ``grad``."""
-        self.steps += 1
         k = backend.kernels()
         if not self._packed():
+            for i, p in enumerate(self.params):
+                _check_writeable(type(self).__name__, i, p)
+            self.steps += 1
             self._step_each(k)
             self._pack()
             return
+        self.steps += 1
         max_norm = self.max_norm
         for group in self._groups:
             if group.regularized:

@@ -6,8 +6,13 @@ refused with the same exception types, so a test of the seam can run on both bac
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+
 import numpy as np
 
+INT64_MAX = 2**63 - 1
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -121,21 +126,64 @@ class Checker:
             for other, b in outs[i + 1 :] + list(inputs.items()):
                 self.distinct(**{name: a, other: b})
 
-    def positive_int(self, v, name: str) -> int:
+    def _int(self, v, name: str) -> int:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             self.type_error(f"argument '{name}' must be an int; got {type(v).__name__}")
+        v = int(v)
+        # The native kernels read sizes as int64; a larger value is as unusable as a negative one.
+        if v > INT64_MAX:
+            self.value_error(f"argument '{name}' is out of range; got {v}")
+        return v
+
+    def positive_int(self, v, name: str) -> int:
+        v = self._int(v, name)
         if v < 1:
             self.value_error(f"argument '{name}' must be >= 1; got {v}")
-        return int(v)
+        return v
 
     def nonnegative_int(self, v, name: str) -> int:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            self.type_error(f"argument '{name}' must be an int; got {type(v).__name__}")
+        v = self._int(v, name)
         if v < 0:
             self.value_error(f"argument '{name}' must be >= 0; got {v}")
-        return int(v)
+        return v
 
     def real(self, v, name: str) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             self.type_error(f"argument '{name}' must be a real number; got {type(v).__name__}")
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            self.value_error(f"argument '{name}' is out of range; got an int of {int(v).bit_length()} bits")
+
+    def finite(self, v, name: str) -> float:
+        """A real that is neither infinite nor NaN."""
+        v = self.real(v, name)
+        if not math.isfinite(v):
+            self.value_error(f"argument '{name}' must be a finite number; got {v}")
+        return v
+
+    def room(self, shape, dtype, what: str) -> None:
+        """Refuses a temporary of ``shape`` before it is allocated when its size does not fit
+        64 bits (OverflowError) or exceeds this machine's memory (MemoryError): an allocation
+        the operating system might grant lazily and then kill the process for touching, or one
+        NumPy refuses with a message that names no kernel."""
+        shape = tuple(int(s) for s in shape)
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if nbytes > INT64_MAX:
+            raise OverflowError(f"{self.kernel}: {what} of shape {shape} does not fit a 64-bit size")
+        limit = physical_memory_bytes()
+        if limit and nbytes > limit:
+            raise MemoryError(
+                f"{self.kernel}: {what} of shape {shape} needs {nbytes} bytes; "
+                f"more than this machine's memory ({limit} bytes)"
+            )
+
+
+@functools.cache
+def physical_memory_bytes() -> int:
+    """This machine's physical memory (0 when the system does not say); asked once, as the
+    layers check every output they allocate against it."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -259,6 +259,7 @@ def maxout_forward(out, argmax, x, W, b):
     c.writeable(argmax, "argmax")
     c.shape(argmax, "argmax", (N, M))
     c.outputs_distinct({"out": out, "argmax": argmax}, {"x": x, "W": W, "b": b})
+    c.room((K, N, M), x.dtype, "the pieces' outputs (K, N, M)")
     z = np.matmul(x, W) + b[:, None, :]  # (K, N, M)
     # np.argmax returns the first maximum (and the first NaN): ties go to the lowest piece.
     argmax[...] = np.argmax(z, axis=0)
@@ -288,6 +289,7 @@ def maxout_backward(dx, dW, db, dout, x, W, argmax):
     db = c.output(db, "db", x, "x")
     c.shape(db, "db", (K, M))
     c.outputs_distinct({"dW": dW, "db": db, "dx": dx}, {"dout": dout, "x": x, "W": W, "argmax": argmax})
+    c.room((K, N, M), x.dtype, "the pieces' gradients (K, N, M)")
     if dx is not None:
         dx[...] = 0
     for k in range(K):

@@ -36,9 +36,10 @@ def _geometry(
     stride = c.positive_int(stride, stride_name)
     pad = c.nonnegative_int(pad, pad_name)
     Hp, Wp = H + 2 * pad, W + 2 * pad
+    plane = f"argument '{x_name}'" if x_name else "the convolution output of 'x'"
     if Hp < FH or Wp < FW:
         c.value_error(
-            f"argument '{x_name}' has a padded plane of ({Hp}, {Wp}) (H={H}, W={W}, pad={pad}); "
+            f"{plane} has a padded plane of ({Hp}, {Wp}) (H={H}, W={W}, {pad_name}={pad}); "
             f"expected at least the window ({FH}, {FW})"
         )
     OH = (Hp - FH) // stride + 1
@@ -75,6 +76,13 @@ def _unwindows(cols: np.ndarray, Hp: int, Wp: int, stride: int) -> np.ndarray:
     return xp
 
 
+def _room_conv(c: Checker, N, C, H, W, FH, FW, pad, OH, OW, dtype) -> None:
+    """The padded input and the im2col matrix that the computation below builds, refused
+    before they are allocated if they cannot be (see Checker.room)."""
+    c.room((N, C, H + 2 * pad, W + 2 * pad), dtype, "the padded input")
+    c.room((N * OH * OW, C * FH * FW), dtype, "the im2col matrix")
+
+
 def _pad(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant", constant_values=value)
 
@@ -105,6 +113,9 @@ def im2col(col, x, FH, FW, stride, pad):
     FH, FW, stride, pad, OH, OW = _geometry(c, H, W, FH, FW, stride, pad)
     c.shape(col, "col", (N * OH * OW, C * FH * FW))
     c.outputs_distinct({"col": col}, {"x": x})
+    if col.size == 0:
+        return
+    _room_conv(c, N, C, H, W, FH, FW, pad, OH, OW, x.dtype)
     col[...] = _im2col(x, FH, FW, stride, pad, OH, OW)
 
 
@@ -118,6 +129,9 @@ def col2im(dx, col, FH, FW, stride, pad):
     FH, FW, stride, pad, OH, OW = _geometry(c, H, W, FH, FW, stride, pad, x_name="dx")
     c.shape(col, "col", (N * OH * OW, C * FH * FW))
     c.outputs_distinct({"dx": dx}, {"col": col})
+    if dx.size == 0:
+        return
+    _room_conv(c, N, C, H, W, FH, FW, pad, OH, OW, col.dtype)
     dx[...] = _col2im(col, N, C, H, W, FH, FW, stride, pad, OH, OW)
 
 
@@ -160,10 +174,14 @@ def _forward_args(c: Checker, out, x, W, b, stride, pad):
 
 def conv2d_forward(out, x, W, b, stride, pad):
     """out (N,FN,OH,OW) = cross-correlation of x (N,C,H,W) with W (FN,C,FH,FW), plus b (FN,)."""
-    out, x, W, b, stride, pad = _forward_args(Checker("conv2d_forward"), out, x, W, b, stride, pad)
+    c = Checker("conv2d_forward")
+    out, x, W, b, stride, pad = _forward_args(c, out, x, W, b, stride, pad)
     N, C, H, Wd = x.shape
     FN, _, FH, FW = W.shape
     _, _, OH, OW = out.shape
+    if out.size == 0:
+        return
+    _room_conv(c, N, C, H, Wd, FH, FW, pad, OH, OW, x.dtype)
     col = _im2col(x, FH, FW, stride, pad, OH, OW)
     y = col @ W.reshape(FN, C * FH * FW).T + b  # (N*OH*OW, FN)
     out[...] = y.reshape(N, OH, OW, FN).transpose(0, 3, 1, 2)
@@ -171,7 +189,11 @@ def conv2d_forward(out, x, W, b, stride, pad):
 
 def conv2d_relu_forward(out, x, W, b, stride, pad):
     """out = max(conv2d_forward(x, W, b), 0), NaN propagating like relu_forward."""
-    out, x, W, b, stride, pad = _forward_args(Checker("conv2d_relu_forward"), out, x, W, b, stride, pad)
+    c = Checker("conv2d_relu_forward")
+    out, x, W, b, stride, pad = _forward_args(c, out, x, W, b, stride, pad)
+    if out.size == 0:
+        return
+    _room_conv(c, *x.shape, *W.shape[2:], pad, *out.shape[2:], x.dtype)
     y = np.empty_like(out)
     conv2d_forward(y, x, W, b, stride, pad)
     relu_forward(out, y)
@@ -200,10 +222,17 @@ def _backward_args(c: Checker, dx, dW, db, dout, x, W, out, stride, pad, fused: 
 
 def conv2d_backward(dx, dW, db, dout, x, W, stride, pad):
     """dx overwritten (None skips it); dW += dout correlated with x; db += dout summed over N, OH, OW."""
-    stride, pad = _backward_args(Checker("conv2d_backward"), dx, dW, db, dout, x, W, None, stride, pad, False)
+    c = Checker("conv2d_backward")
+    stride, pad = _backward_args(c, dx, dW, db, dout, x, W, None, stride, pad, False)
     N, C, H, Wd = x.shape
     FN, _, FH, FW = W.shape
     _, _, OH, OW = dout.shape
+    if dout.size == 0:
+        # No gradient flows: dx = W^T @ (an empty dout) is zero; dW and db gain nothing.
+        if dx is not None:
+            dx[...] = 0
+        return
+    _room_conv(c, N, C, H, Wd, FH, FW, pad, OH, OW, x.dtype)
     g = dout.transpose(0, 2, 3, 1).reshape(N * OH * OW, FN)
     col = _im2col(x, FH, FW, stride, pad, OH, OW)
     dW += (g.T @ col).reshape(FN, C, FH, FW)
@@ -215,7 +244,9 @@ def conv2d_backward(dx, dW, db, dout, x, W, stride, pad):
 
 def conv2d_relu_backward(dx, dW, db, dout, x, W, out, stride, pad):
     """conv2d_backward of (dout where out > 0, else 0); out is conv2d_relu_forward's output."""
-    stride, pad = _backward_args(Checker("conv2d_relu_backward"), dx, dW, db, dout, x, W, out, stride, pad, True)
+    c = Checker("conv2d_relu_backward")
+    stride, pad = _backward_args(c, dx, dW, db, dout, x, W, out, stride, pad, True)
+    _room_conv(c, *x.shape, *W.shape[2:], pad, *dout.shape[2:], x.dtype)
     g = np.empty_like(dout)
     relu_backward(g, dout, out)
     conv2d_backward(dx, dW, db, g, x, W, stride, pad)
@@ -238,6 +269,9 @@ def maxpool2d_forward(out, argmax, x, PH, PW, stride, pad):
     c.shape(out, "out", (N, C, OH, OW))
     c.shape(argmax, "argmax", (N, C, OH, OW))
     c.outputs_distinct({"out": out, "argmax": argmax}, {"x": x})
+    if out.size == 0:
+        return
+    _room_pool(c, N, C, H, W, PH, PW, pad, OH, OW, x.dtype)
 
     K = PH * PW
     vals = _windows(_pad(x, pad, -np.inf), PH, PW, stride, OH, OW).reshape(N, C, K, OH, OW)
@@ -280,6 +314,13 @@ def maxpool2d_backward(dx, dout, argmax):
     dx[...] = flat.reshape(N, C, H, W)
 
 
+def _room_pool(c: Checker, N, C, H, W, PH, PW, pad, OH, OW, dtype) -> None:
+    """The padded input and the windows that the pooling below builds (see Checker.room)."""
+    c.room((H + 2 * pad, W + 2 * pad), np.int64, "the padded plane")
+    c.room((N, C, H + 2 * pad, W + 2 * pad), dtype, "the padded input")
+    c.room((N, C, PH * PW, OH, OW), dtype, "the pooling windows")
+
+
 def _avg_counts(H: int, W: int, PH: int, PW: int, stride: int, pad: int, OH: int, OW: int, dtype) -> np.ndarray:
     """(OH, OW) number of in-bounds elements of each window."""
     ones = np.zeros((H + 2 * pad, W + 2 * pad), dtype=dtype)
@@ -298,6 +339,9 @@ def avgpool2d_forward(out, x, PH, PW, stride, pad):
     _pool_pad(c, pad, PH, PW)
     c.shape(out, "out", (N, C, OH, OW))
     c.outputs_distinct({"out": out}, {"x": x})
+    if out.size == 0:
+        return
+    _room_pool(c, N, C, H, W, PH, PW, pad, OH, OW, x.dtype)
     sums = _windows(_pad(x, pad), PH, PW, stride, OH, OW).sum(axis=(2, 3))
     out[...] = sums / _avg_counts(H, W, PH, PW, stride, pad, OH, OW, x.dtype)
 
@@ -313,6 +357,9 @@ def avgpool2d_backward(dx, dout, PH, PW, stride, pad):
     _pool_pad(c, pad, PH, PW)
     c.shape(dout, "dout", (N, C, OH, OW))
     c.outputs_distinct({"dx": dx}, {"dout": dout})
+    if dx.size == 0:
+        return
+    _room_pool(c, N, C, H, W, PH, PW, pad, OH, OW, dout.dtype)
     g = dout / _avg_counts(H, W, PH, PW, stride, pad, OH, OW, dout.dtype)
     spread = np.broadcast_to(g[:, :, None, None, :, :], (N, C, PH, PW, OH, OW))
     dx[...] = _unwindows(spread, H + 2 * pad, W + 2 * pad, stride)[:, :, pad : pad + H, pad : pad + W]
@@ -324,7 +371,7 @@ def avgpool2d_backward(dx, dout, PH, PW, stride, pad):
 def _conv_pool_geometry(c: Checker, x, W, stride, pad, PH, PW, pool_stride, pool_pad):
     N, C, H, Wd, FN, FH, FW, stride, pad, OH, OW = _checked_conv(c, x, W, stride, pad)
     PH, PW, pool_stride, pool_pad, POH, POW = _geometry(
-        c, OH, OW, PH, PW, pool_stride, pool_pad, "PH", "PW", "x", "pool_stride", "pool_pad"
+        c, OH, OW, PH, PW, pool_stride, pool_pad, "PH", "PW", None, "pool_stride", "pool_pad"
     )
     _pool_pad(c, pool_pad, PH, PW, "pool_pad")
     return (N, FN, OH, OW), (stride, pad, PH, PW, pool_stride, pool_pad), (N, FN, POH, POW)
@@ -347,6 +394,11 @@ def conv2d_relu_maxpool2d_forward(out, argmax, x, W, b, stride, pad, PH, PW, poo
     c.shape(argmax, "argmax", pooled)
     c.outputs_distinct({"out": out, "argmax": argmax}, {"x": x, "W": W, "b": b})
     stride, pad, PH, PW, pool_stride, pool_pad = geo
+    if out.size == 0:
+        return
+    c.room(conv_shape, x.dtype, "the convolution output")
+    _room_conv(c, *x.shape, *W.shape[2:], pad, *conv_shape[2:], x.dtype)
+    _room_pool(c, *conv_shape, PH, PW, pool_pad, *pooled[2:], x.dtype)
     y = np.empty(conv_shape, x.dtype)
     conv2d_relu_forward(y, x, W, b, stride, pad)
     maxpool2d_forward(out, argmax, y, PH, PW, pool_stride, pool_pad)
@@ -382,6 +434,12 @@ def conv2d_relu_maxpool2d_backward(dx, dW, db, dout, x, W, out, argmax, stride, 
     c.outputs_distinct(
         {"dx": dx, "dW": dW, "db": db}, {"dout": dout, "x": x, "W": W, "out": out, "argmax": argmax}
     )
+    if dout.size == 0:
+        if dx is not None:
+            dx[...] = 0
+        return
+    c.room((N, FN, OH, OW), x.dtype, "the convolution gradient")
+    _room_conv(c, N, C, H, Wd, FH, FW, pad, OH, OW, x.dtype)
     dconv = np.empty((N, FN, OH, OW), x.dtype)
     maxpool2d_backward(dconv, np.where(out > 0, dout, 0).astype(x.dtype), argmax)
     conv2d_backward(dx, dW, db, dconv, x, W, stride, pad)

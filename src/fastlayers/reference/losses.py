@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import Checker
+from ._checks import Checker, _shape_str
 
 __all__ = [
     "softmax_cross_entropy_forward",
@@ -14,9 +14,11 @@ __all__ = [
 ]
 
 
-def _targets(c: Checker, t, logits: np.ndarray, N: int, K: int) -> np.ndarray:
-    """int64 labels (N,) in [0, K), or a (N,K) target distribution of the logits' dtype."""
+def _targets(c: Checker, t, logits: np.ndarray, N: int, K: int, scores: str) -> np.ndarray:
+    """int64 labels (N,) in [0, K), or a (N,K) target distribution of the scores' dtype."""
     t = c.array(t, "t")
+    if t.ndim not in (1, 2):
+        c.value_error(f"argument 't' must be 1-D labels (N,) or 2-D targets (N, K); got shape {_shape_str(t.shape)}")
     if t.ndim == 1:
         t = c.int64(t, "t")
         c.shape(t, "t", (N,))
@@ -26,7 +28,7 @@ def _targets(c: Checker, t, logits: np.ndarray, N: int, K: int) -> np.ndarray:
         onehot = np.zeros((N, K), dtype=logits.dtype)
         onehot[np.arange(N), t] = 1
         return onehot
-    t = c.input(t, "t", logits, "logits")
+    t = c.input(t, "t", logits, scores)
     c.shape(t, "t", (N, K))
     return t
 
@@ -41,7 +43,7 @@ def softmax_cross_entropy_forward(probs, logits, t) -> float:
     if K < 1:
         c.value_error(f"argument 'logits' must have at least one class; got shape {logits.shape}")
     c.same_shape(probs, "probs", logits, "logits")
-    target = _targets(c, t, logits, N, K)
+    target = _targets(c, t, logits, N, K, "logits")
     c.outputs_distinct({"probs": probs}, {"logits": logits, "t": t})
     z = logits.astype(np.float64)
     zmax = z.max(axis=1, keepdims=True)
@@ -60,7 +62,7 @@ def softmax_cross_entropy_backward(dlogits, probs, t, dloss=1.0):
     c.ndim(probs, "probs", 2)
     N, K = probs.shape
     c.same_shape(dlogits, "dlogits", probs, "probs")
-    target = _targets(c, t, probs, N, K)
+    target = _targets(c, t, probs, N, K, "probs")
     c.outputs_distinct({"dlogits": dlogits}, {"probs": probs, "t": t})
     dloss = c.real(dloss, "dloss")
     dlogits[...] = (probs - target) * (dloss / max(N, 1))

@@ -237,7 +237,7 @@ def dropout_forward(out, mask, x, p, seed, scale):
     if not 0 <= p < 1:
         c.value_error(f"argument 'p' must be in [0, 1); got {p}")
     seed = _seed(c, seed)
-    scale = c.real(scale, "scale")
+    scale = c.finite(scale, "scale")
     c.outputs_distinct(dict(out=out, mask=mask), dict(x=x))
     keep = (uniform(seed, x.size) >= p).reshape(x.shape)
     mask[...] = keep
@@ -254,7 +254,7 @@ def dropout_backward(dx, dout, mask, scale):
     mask = c.uint8(mask, "mask")
     c.same_shape(dx, "dx", dout, "dout")
     c.same_shape(mask, "mask", dout, "dout")
-    scale = c.real(scale, "scale")
+    scale = c.finite(scale, "scale")
     c.outputs_distinct(dict(dx=dx), dict(dout=dout, mask=mask))
     with np.errstate(invalid="ignore"):
         dx[...] = dout * mask * scale
@@ -266,6 +266,6 @@ def scale_forward(out, x, alpha):
     x = c.input(x, "x")
     out = c.output(out, "out", x, "x")
     c.same_shape(out, "out", x, "x")
-    alpha = c.real(alpha, "alpha")
+    alpha = c.finite(alpha, "alpha")
     c.outputs_distinct(dict(out=out), dict(x=x))
     out[...] = alpha * x

@@ -7,6 +7,8 @@ which NumPy casts to the array's dtype instead of promoting the array to float64
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._checks import Checker
@@ -24,18 +26,22 @@ __all__ = [
 ]
 
 
+# Rates and eps must be finite: an infinite one turns every weight into inf or NaN (or, for
+# eps, silently stops the updates).
+
+
 def _at_least(c: Checker, v, name: str, low: float) -> float:
     v = c.real(v, name)
-    # Written as "not >=" so that NaN is refused too.
-    if not v >= low:
-        c.value_error(f"argument '{name}' must be >= {low:g}; got {v}")
+    # Written as "not (...)" so that NaN is refused too.
+    if not (v >= low and math.isfinite(v)):
+        c.value_error(f"argument '{name}' must be a finite number >= {low:g}; got {v}")
     return v
 
 
 def _positive(c: Checker, v, name: str) -> float:
     v = c.real(v, name)
-    if not v > 0:
-        c.value_error(f"argument '{name}' must be > 0; got {v}")
+    if not (v > 0 and math.isfinite(v)):
+        c.value_error(f"argument '{name}' must be a finite number > 0; got {v}")
     return v
 
 
