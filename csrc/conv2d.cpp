@@ -426,8 +426,8 @@ void forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) 
     if constexpr (std::is_same_v<T, float>) {
         if (winograd_forward_applies(g)) {
             const std::vector<float> U = winograd_filters(W, FN, g.C, false);
-            winograd_conv(out, x, U.data(), b, Relu, N, g.C, g.H, g.W, FN, g.pad);
-            return;
+            if (winograd_conv(out, x, U.data(), b, Relu, N, g.C, g.H, g.W, FN, g.pad)) return;
+            // A non-finite value: redone below with im2col (winograd.h).
         }
     }
     const Plan pl = plan(g, sizeof(T));
@@ -587,23 +587,28 @@ std::vector<T> transposed_filters(const T* W, const ConvGeometry& g, const Plan&
 }
 
 // The Winograd backward (winograd.h) of a convolution whose output gradient is gfull
-// (N, FN, OH, OW): dW and db accumulated, dx (when non-null) overwritten.
-void winograd_backward(float* dx, float* dW, float* db, const float* gfull, const float* x, const float* W,
+// (N, FN, OH, OW): dW and db accumulated, dx (when non-null) overwritten. All or nothing:
+// when a result is not finite it returns false with dW and db untouched, for the caller to
+// redo the whole backward with im2col.
+bool winograd_backward(float* dx, float* dW, float* db, const float* gfull, const float* x, const float* W,
                        const ConvGeometry& g) {
     // dx (N, C, H, W) or null; dW (FN, C, 3, 3), db (FN,) +=; gfull (N, FN, OH, OW); x (N, C, H, W)
-    const i64 N = g.N, FN = g.FN, P = g.OH * g.OW;
-    winograd_dW(dW, gfull, x, g);
+    const i64 N = g.N, FN = g.FN, P = g.OH * g.OW, FNK = FN * g.C * 9;
+    std::vector<float> dWc(static_cast<size_t>(FNK));
+    if (!winograd_dW(dWc.data(), gfull, x, g)) return false;
+    if (dx) {
+        // dx is dY convolved with the flipped, transposed filters, padded by 2 - pad.
+        const std::vector<float> Ut = winograd_filters(W, FN, g.C, true);
+        if (!winograd_conv(dx, gfull, Ut.data(), nullptr, false, N, FN, g.OH, g.OW, g.C, 2 - g.pad)) return false;
+    }
+    for (i64 k = 0; k < FNK; ++k) dW[k] += dWc[static_cast<size_t>(k)];
     // db: each filter's sum over images then pixels, in double, one thread per filter.
     parallel_for(FN, [&](i64 f) {
         double s = 0.0;
         for (i64 n = 0; n < N; ++n) s += vm::sum_lanes(gfull + (n * FN + f) * P, P);
         db[f] += static_cast<float>(s);
     }, min_items(N * P));
-    if (dx) {
-        // dx is dY convolved with the flipped, transposed filters, padded by 2 - pad.
-        const std::vector<float> Ut = winograd_filters(W, FN, g.C, true);
-        winograd_conv(dx, gfull, Ut.data(), nullptr, false, N, FN, g.OH, g.OW, g.C, 2 - g.pad);
-    }
+    return true;
 }
 
 template <class T, bool Relu>
@@ -618,8 +623,7 @@ void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const 
                 parallel_chunks(n, [&](i64 a, i64 e) { vm::relu_mask(masked.data() + a, out + a, dout + a, e - a); });
                 gfull = masked.data();
             }
-            winograd_backward(dx, dW, db, gfull, x, W, g);
-            return;
+            if (winograd_backward(dx, dW, db, gfull, x, W, g)) return;
         }
     }
     const Plan pl = plan(g, sizeof(T));
@@ -653,9 +657,10 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
             // The convolution runs a chunk of images at a time: y is the whole batch's.
             std::vector<T> y(static_cast<size_t>(checked_mul(N, FNP, "N*FN*OH*OW")));
             const std::vector<float> U = winograd_filters(W, FN, g.C, false);
-            winograd_conv(y.data(), x, U.data(), b, true, N, g.C, g.H, g.W, FN, g.pad);
-            maxpool2d_forward(out, argmax, y.data(), pg);
-            return;
+            if (winograd_conv(y.data(), x, U.data(), b, true, N, g.C, g.H, g.W, FN, g.pad)) {
+                maxpool2d_forward(out, argmax, y.data(), pg);
+                return;
+            }
         }
     }
     PoolGeometry one = pg;  // the pooling of one image's y_n
@@ -708,8 +713,7 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
         if (winograd_backward_applies(g)) {
             std::vector<T> gfull(static_cast<size_t>(checked_mul(g.N, FNP, "N*FN*OH*OW")));
             parallel_for(g.N, [&](i64 n) { route(gfull.data() + n * FNP, n); }, min_items(FNP));
-            winograd_backward(dx, dW, db, gfull.data(), x, W, g);
-            return;
+            if (winograd_backward(dx, dW, db, gfull.data(), x, W, g)) return;
         }
     }
     const std::vector<T> Wt = transposed_filters(W, g, pl, dx != nullptr);

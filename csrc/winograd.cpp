@@ -331,13 +331,14 @@ i64 winograd_scratch_bytes(const ConvGeometry& g, bool forward, bool backward, b
     return static_cast<i64>((team * (slot[0] + slot[1] + slot[2] + slot[3]) + once) * sizeof(float));
 }
 
-void winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
+bool winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
                    i64 H, i64 W, i64 Cout, i64 pad) {
     // out (N, Cout, OH, OW); x (N, Cin, H, W); U (36, Cin, Cout); b (Cout,) or null
-    if (N == 0 || Cout == 0) return;
+    if (N == 0 || Cout == 0) return true;
     const Tiling t = tiling(N, Cin, H, W, Cout, pad);
     const Transforms tr = transforms();
     const i64 P = t.OH * t.OW, row = 4 * t.tw * Cout, CK = Cin * Cout;
+    std::vector<char> finite(static_cast<size_t>(t.chunks), 1);
     parallel_for(t.chunks, [&](i64 ci) {
         const i64 n0 = ci * t.imgs, n1 = std::min(N, n0 + t.imgs), T = (n1 - n0) * t.Tn;
         float* V = scratch<1>(kTaps * T * Cin);   // (36, T, Cin)
@@ -351,6 +352,7 @@ void winograd_conv(float* out, const float* x, const float* U, const float* b, b
         } else {
             std::fill(M, M + kTaps * T * Cout, 0.0f);
         }
+        bool bad = false;  // v - v is 0 unless v is inf or NaN
         for (i64 n = n0; n < n1; ++n) {
             tr.output(yh, M, t, (n - n0) * t.Tn, T);
             float* o = out + n * Cout * P;  // (Cout, OH, OW)
@@ -361,18 +363,22 @@ void winograd_conv(float* out, const float* x, const float* U, const float* b, b
                     const float* y = yh + oh * row + k;
                     for (i64 ow = 0; ow < t.OW; ++ow) {
                         const float v = y[ow * Cout] + bias;
+                        bad |= !(v - v == 0.0f);
                         ok[oh * t.OW + ow] = relu && !(v > 0.0f) && v == v ? 0.0f : v;
                     }
                 }
             }
         }
+        finite[static_cast<size_t>(ci)] = !bad;
     });
+    return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }
 
-void winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& geo) {
-    // dW (FN, C, 3, 3) +=; g (N, FN, OH, OW); x (N, C, H, W)
+bool winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& geo) {
+    // dW (FN, C, 3, 3) overwritten; g (N, FN, OH, OW); x (N, C, H, W)
     const i64 N = geo.N, C = geo.C, FN = geo.FN;
-    if (N == 0 || C == 0 || FN == 0) return;
+    std::fill(dW, dW + FN * C * 9, 0.0f);
+    if (N == 0 || C == 0 || FN == 0) return true;
     const Tiling t = tiling(N, C, geo.H, geo.W, FN, geo.pad);
     const Transforms tr = transforms();
     const i64 CK = checked_mul(C, FN, "C*FN"), P = t.OH * t.OW, row = 4 * t.tw * FN;
@@ -402,6 +408,7 @@ void winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& 
     });
     // Per input channel c, along the filters f (dU's contiguous axis): the partials added in
     // chunk order, then dW = G^T dU G, in double.
+    std::vector<char> finite(static_cast<size_t>(C), 1);
     parallel_for(C, [&](i64 c) {
         std::vector<double> u(static_cast<size_t>(kTaps * FN)), ug(static_cast<size_t>(18 * FN));
         for (i64 xi = 0; xi < kTaps; ++xi) {
@@ -429,9 +436,12 @@ void winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& 
                 for (i64 f = 0; f < FN; ++f) {
                     double s = 0.0;
                     for (int p = 0; p < 6; ++p) s += kG[p][i] * ug[static_cast<size_t>((p * 3 + j) * FN + f)];
-                    dW[(f * C + c) * 9 + i * 3 + j] += static_cast<float>(s);
+                    const float w = static_cast<float>(s);
+                    if (!(w - w == 0.0f)) finite[static_cast<size_t>(c)] = 0;
+                    dW[(f * C + c) * 9 + i * 3 + j] = w;
                 }
     }, std::max<i64>(1, 256 / std::max<i64>(1, FN)));
+    return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }
 
 }  // namespace fl

@@ -20,14 +20,22 @@ bool winograd_backward_applies(const ConvGeometry& g);
 // both axes with input and output swapped (Cin = FN, Cout = C).
 std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx);
 
+// Non-finite values. The transforms mix a whole 6x6 input tile into every output of its
+// 4x4 tile, so one infinity or NaN would make outputs NaN that a direct sum leaves finite
+// (inf - inf). Both functions therefore report whether everything they computed is finite,
+// and the callers redo a non-finite result with im2col, whose NaN and infinities fall where
+// the oracle's do. The check rides on loops that run anyway, so finite data pays nothing.
+
 // out (N, Cout, OH, OW) = 3x3 cross-correlation of x (N, Cin, H, W), zero-padded by pad, with
 // the filters U stands for, + b (Cout,) when b is non-null, then max(., 0) when relu.
-void winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
+// Returns whether every value before the ReLU was finite.
+bool winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
                    i64 H, i64 W, i64 Cout, i64 pad);
 
-// dW (FN, C, 3, 3) += sum over n, oh, ow of g[n, f, oh, ow] * xpad[n, c, oh + i, ow + j];
-// g (N, FN, OH, OW) is the gradient of the convolution's output, x (N, C, H, W) its input.
-void winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& geo);
+// dWc (FN, C, 3, 3) = sum over n, oh, ow of g[n, f, oh, ow] * xpad[n, c, oh + i, ow + j]
+// (overwritten); g (N, FN, OH, OW) is the gradient of the convolution's output, x (N, C, H, W)
+// its input. Returns whether every value is finite.
+bool winograd_dW(float* dWc, const float* g, const float* x, const ConvGeometry& geo);
 
 // Bytes the Winograd path of a float32 convolution of geometry g asks for: the buffers each
 // of the `threads` threads keeps across calls (at the largest any pass asks), plus the
