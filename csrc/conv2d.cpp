@@ -586,6 +586,15 @@ std::vector<T> transposed_filters(const T* W, const ConvGeometry& g, const Plan&
     return Wt;
 }
 
+// The whole batch's convolution output or output gradient, for the Winograd path with a
+// fused ReLU or pooling: kept on the calling thread across calls, like the scratch above,
+// so that a training step neither faults in nor zeroes megabytes per layer.
+float* batch_buffer(i64 n) {
+    static thread_local std::vector<float> kept;
+    if (kept.size() < static_cast<size_t>(n)) kept.resize(static_cast<size_t>(n));
+    return kept.data();
+}
+
 // The Winograd backward (winograd.h) of a convolution whose output gradient is gfull
 // (N, FN, OH, OW): dW and db accumulated, dx (when non-null) overwritten. All or nothing:
 // when a result is not finite it returns false with dW and db untouched, for the caller to
@@ -616,12 +625,11 @@ void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const 
     if constexpr (std::is_same_v<T, float>) {
         if (winograd_backward_applies(g)) {
             const T* gfull = dout;
-            std::vector<T> masked;
             if (Relu) {
                 const i64 n = checked_mul(checked_mul(g.N, g.FN, "N*FN"), g.OH * g.OW, "N*FN*OH*OW");
-                masked.resize(static_cast<size_t>(n));
-                parallel_chunks(n, [&](i64 a, i64 e) { vm::relu_mask(masked.data() + a, out + a, dout + a, e - a); });
-                gfull = masked.data();
+                T* masked = batch_buffer(n);
+                parallel_chunks(n, [&](i64 a, i64 e) { vm::relu_mask(masked + a, out + a, dout + a, e - a); });
+                gfull = masked;
             }
             if (winograd_backward(dx, dW, db, gfull, x, W, g)) return;
         }
@@ -655,10 +663,10 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
     if constexpr (std::is_same_v<T, float>) {
         if (winograd_forward_applies(g)) {
             // The convolution runs a chunk of images at a time: y is the whole batch's.
-            std::vector<T> y(static_cast<size_t>(checked_mul(N, FNP, "N*FN*OH*OW")));
+            T* y = batch_buffer(checked_mul(N, FNP, "N*FN*OH*OW"));
             const std::vector<float> U = winograd_filters(W, FN, g.C, false);
-            if (winograd_conv(y.data(), x, U.data(), b, true, N, g.C, g.H, g.W, FN, g.pad)) {
-                maxpool2d_forward(out, argmax, y.data(), pg);
+            if (winograd_conv(y, x, U.data(), b, true, N, g.C, g.H, g.W, FN, g.pad)) {
+                maxpool2d_forward(out, argmax, y, pg);
                 return;
             }
         }
@@ -711,9 +719,9 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
     };
     if constexpr (std::is_same_v<T, float>) {
         if (winograd_backward_applies(g)) {
-            std::vector<T> gfull(static_cast<size_t>(checked_mul(g.N, FNP, "N*FN*OH*OW")));
-            parallel_for(g.N, [&](i64 n) { route(gfull.data() + n * FNP, n); }, min_items(FNP));
-            if (winograd_backward(dx, dW, db, gfull.data(), x, W, g)) return;
+            T* gfull = batch_buffer(checked_mul(g.N, FNP, "N*FN*OH*OW"));
+            parallel_for(g.N, [&](i64 n) { route(gfull + n * FNP, n); }, min_items(FNP));
+            if (winograd_backward(dx, dW, db, gfull, x, W, g)) return;
         }
     }
     const std::vector<T> Wt = transposed_filters(W, g, pl, dx != nullptr);

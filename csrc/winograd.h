@@ -38,9 +38,9 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
 bool winograd_dW(float* dWc, const float* g, const float* x, const ConvGeometry& geo);
 
 // Bytes the Winograd path of a float32 convolution of geometry g asks for: the buffers each
-// of the `threads` threads keeps across calls (at the largest any pass asks), plus the
-// per-call ones (transformed filters, dW partials, and the whole batch's convolution output
-// or output gradient where the pooling or ReLU is fused). Only the passes that take the
+// of the `threads` threads keeps across calls (at the largest any pass asks), plus those of
+// the calling thread alone (the transformed filters, the dW partials, and the whole batch's
+// convolution output or output gradient where the pooling or ReLU is fused). Only the passes that take the
 // Winograd path count: the forward when `forward`, dW when `backward`, dx when also `dx`.
 // fused: 0 conv alone, 1 with ReLU, 2 with ReLU and max pooling.
 i64 winograd_scratch_bytes(const ConvGeometry& g, bool forward, bool backward, bool dx, int fused, i64 threads);

@@ -268,7 +268,7 @@ def test_modes_and_the_automatic_choice():
     assert winograd(3, 3, "winograd") == (True, True)
     assert winograd(3, 3, "auto") == (False, False)
     assert winograd(15, 64, "auto") == (False, False)
-    assert winograd(16, 16, "auto") == (True, False)
+    assert winograd(16, 16, "auto") == (True, True)
     assert winograd(16, 32, "auto") == (True, True)
     assert winograd(64, 32, "auto") == (True, True)
     assert winograd(32, 32, "im2col") == (False, False)

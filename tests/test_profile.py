@@ -284,7 +284,7 @@ def test_native_scratch_of_the_winograd_path():
     # and pooling, 2 threads. Tiles: 2x2 per image; V and M of an image take
     # 36 * 4 * (64 + 64) * 4 B = 73,728 B, so 28 images fill the 2 MiB chunk budget: 4 chunks
     # (already even) of 25 images, 2 threads busy. Per thread: padded plane 10*10*64, V and M
-    # 36*100*64 each, output tiles 16*4*64 floats = 471,296 floats. Per call, the larger of the
+    # 36*100*64 each, output tiles 16*4*64 floats = 471,296 floats. On the calling thread, the larger of the
     # forward (U 36*64*64 + the batch's output 100*64*8*8) and the backward (4 chunks of dW
     # partials + the batch's gradient + dx's filters): 1,146,880 floats. dx's convolution
     # (64 -> 64, 8x8, pad 1) asks the same per-thread sizes.
