@@ -87,6 +87,18 @@ def test_fit_rejects_bad_arguments():
         trainer.fit(x, t, validation_split=1.5)
     with pytest.raises(ValueError, match="not both"):
         trainer.fit(x, t, validation=(x, t), validation_split=0.1)
+    with pytest.raises(ValueError, match="fit: the validation data holds no samples"):
+        trainer.fit(x, t, validation=(x[:0], t[:0]))
+    assert trainer.history == []  # refused before the first epoch
+
+
+@pytest.mark.parametrize("method", ["predict", "evaluate"])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8"])
+def test_inference_refuses_a_bad_batch_size(method, bad):
+    trainer, _, x, t = make()
+    args = (x,) if method == "predict" else (x, t)
+    with pytest.raises(ValueError, match=f"{method}: batch_size must be an int >= 1, got {bad!r}"):
+        getattr(trainer, method)(*args, batch_size=bad)
 
 
 def test_early_stopping_restores_the_best_weights(monkeypatch):

@@ -87,6 +87,11 @@ def _layer_of(model, name: str) -> str | None:
     return layer._tag()
 
 
+def _check_batch_size(batch_size, what: str) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{what}: batch_size must be an int >= 1, got {batch_size!r}")
+
+
 def _check_xt(x, t, what: str) -> None:
     if not isinstance(x, np.ndarray) or not isinstance(t, np.ndarray):
         raise TypeError(f"{what}: x and t must be numpy arrays")
@@ -447,8 +452,7 @@ class Trainer:
         _check_xt(x, t, "fit")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"fit: batch_size must be an int >= 1, got {batch_size!r}")
+        _check_batch_size(batch_size, "fit")
         if validation is not None and validation_split is not None:
             raise ValueError("fit: pass validation or validation_split, not both")
         if validation_split is not None:
@@ -459,6 +463,8 @@ class Trainer:
                 raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves an empty set")
         if validation is not None:
             _check_xt(*validation, "fit validation")
+            if len(validation[0]) == 0:
+                raise ValueError("fit: the validation data holds no samples")
         if len(x) == 0:
             raise ValueError("fit: no training samples")
         if lr_schedule is not None and not callable(lr_schedule):
@@ -690,6 +696,7 @@ class Trainer:
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Scores (pre-softmax outputs) for ``x``, in inference mode, batch by batch; the model's
         own train/eval modes are restored afterwards."""
+        _check_batch_size(batch_size, "predict")
         if len(x) == 0:
             raise ValueError("predict: no samples")
         modules = self.model.modules()
@@ -706,6 +713,7 @@ class Trainer:
     def evaluate(self, x: np.ndarray, t: np.ndarray, batch_size: int = 256) -> dict:
         """Mean loss (without the weight penalty) and accuracy on ``(x, t)`` in inference mode."""
         _check_xt(x, t, "evaluate")
+        _check_batch_size(batch_size, "evaluate")
         scores = self.predict(x, batch_size)
         total = 0.0
         for i in range(0, len(x), batch_size):
