@@ -70,6 +70,17 @@ def test_scaling_quick(tmp_path):
     assert report["other_load_cores"] is None or report["other_load_cores"] >= 0
 
 
+def test_winograd_quick(tmp_path):
+    report = run(tmp_path, "winograd.py")
+    assert report["batch"] == 4
+    rows = report["rows"]
+    assert sorted({r["layer"] for r in rows}) == [f"deep_cnn/conv{i}" for i in range(2, 7)]
+    assert sorted({r["m"] for r in rows}) == [2, 4]
+    for r in rows:
+        assert r["im2col_ms"] > 0 and r["gemms_ms"] > 0 and r["native_ms"] > 0
+        assert r["bound_ms"] == pytest.approx(r["gemms_ms"] + r["traffic_ms"])
+
+
 def test_step_guard_quick(tmp_path):
     report = run(tmp_path, "step_guard.py")
     assert report["validation_passed"] is True
