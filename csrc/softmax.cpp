@@ -11,27 +11,14 @@ i64 rows_per_thread(i64 K) { return kGrainMath / (K > 0 ? K : 1) + 1; }
 
 }  // namespace
 
-// Per row z = x[n]:  m = max_k z_k,  e_k = exp(z_k - m),  out_k = e_k / sum_j e_j.
-// Subtracting m keeps every exponent <= 0, so no row overflows. A row holding NaN, +inf, or
-// only -inf gets a NaN (z - m or the sum is NaN), like the oracle; the maximum itself may
-// skip NaN since the sum catches it. The sum is accumulated in double in index order.
+// Per row z = x[n]: out = vm::softmax_row(z), which keeps every exponent <= 0 and gives NaN
+// for a row holding NaN, +inf or only -inf, like the oracle.
 template <class T>
 void softmax_forward(T* out, const T* x, i64 N, i64 K) {
     parallel_chunks(N, [&](i64 n0, i64 n1) {
         const auto bounds = vm::bounds<T>();
-        for (i64 n = n0; n < n1; ++n) {
-            const T* z = x + n * K;  // (K,)
-            T* y = out + n * K;      // (K,)
-            T m = z[0];
-            for (i64 k = 1; k < K; ++k) m = z[k] > m ? z[k] : m;
-            FL_SIMD
-            for (i64 k = 0; k < K; ++k) y[k] = vm::exp(z[k] - m, bounds);
-            double sum = 0.0;
-            for (i64 k = 0; k < K; ++k) sum += static_cast<double>(y[k]);
-            const T s = static_cast<T>(sum);
-            FL_SIMD
-            for (i64 k = 0; k < K; ++k) y[k] = y[k] / s;
-        }
+        T zmax;
+        for (i64 n = n0; n < n1; ++n) vm::softmax_row(out + n * K, x + n * K, K, bounds, zmax);
     }, rows_per_thread(K));
 }
 

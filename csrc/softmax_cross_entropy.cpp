@@ -11,7 +11,7 @@
 namespace fl {
 
 // Per row, with z = logits[n], zmax = max_k z_k, e_k = exp(z_k - zmax), S = sum_k e_k and
-// lse = zmax + log S:
+// lse = zmax + log S (vm::softmax_row):
 //   probs[n,k] = e_k / S
 //   loss_n     = lse - z_label               (labels)
 //              = sum_k t_k (lse - z_k)       (targets)
@@ -28,16 +28,8 @@ double softmax_cross_entropy_forward(T* probs, const T* logits, const std::int64
         const auto bounds = vm::bounds<T>();
         for (i64 n = n0; n < n1; ++n) {
             const T* z = logits + n * K;  // (K,)
-            T* p = probs + n * K;         // (K,)
-            T zmax = z[0];
-            for (i64 k = 1; k < K; ++k) zmax = z[k] > zmax ? z[k] : zmax;
-            FL_SIMD
-            for (i64 k = 0; k < K; ++k) p[k] = vm::exp(z[k] - zmax, bounds);
-            double sum = 0.0;
-            for (i64 k = 0; k < K; ++k) sum += static_cast<double>(p[k]);
-            const T inv = static_cast<T>(1.0 / sum);
-            FL_SIMD
-            for (i64 k = 0; k < K; ++k) p[k] *= inv;
+            T zmax;
+            const double sum = vm::softmax_row(probs + n * K, z, K, bounds, zmax);
             const double lse = static_cast<double>(zmax) + std::log(sum);
             if (labels) {
                 row_loss[n] = lse - static_cast<double>(z[labels[n]]);

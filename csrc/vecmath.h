@@ -275,4 +275,24 @@ inline double sum_lanes(const T* x, i64 n) {
     return s;
 }
 
+// One row of softmax: m = max_k z_k, y_k = exp(z_k - m) / sum_j exp(z_j - m), the sum
+// accumulated in double in index order. Returns the sum and sets zmax = m, for a caller that
+// also wants log-sum-exp = m + log(sum). Subtracting m keeps every exponent <= 0; a row
+// holding NaN, +inf or only -inf gives NaN (z - m or the sum is NaN), and the maximum may
+// skip a NaN since the sum catches it.
+template <class T>
+inline double softmax_row(T* y, const T* z, i64 K, const Bounds<T>& bounds, T& zmax) {
+    T m = z[0];
+    for (i64 k = 1; k < K; ++k) m = z[k] > m ? z[k] : m;
+    FL_SIMD
+    for (i64 k = 0; k < K; ++k) y[k] = exp(z[k] - m, bounds);
+    double sum = 0.0;
+    for (i64 k = 0; k < K; ++k) sum += static_cast<double>(y[k]);
+    const T s = static_cast<T>(sum);
+    FL_SIMD
+    for (i64 k = 0; k < K; ++k) y[k] = y[k] / s;
+    zmax = m;
+    return sum;
+}
+
 }  // namespace fl::vm

@@ -32,14 +32,8 @@ F64 = np.float64
 IMPLS = [pytest.param(nat, id="native"), pytest.param(ref, id="numpy")]
 
 
-@pytest.fixture(autouse=True)
-def im2col_path():
-    """These bounds are a direct sum's: the float32 kernels run im2col here, and
-    tests/test_native_winograd.py holds their Winograd path to its own bound."""
-    saved = fastlayers.backend.get_conv_algorithm()
-    fastlayers.backend.set_conv_algorithm("im2col")
-    yield
-    fastlayers.backend.set_conv_algorithm(saved)
+# The bounds here are a direct sum's (tests/test_native_winograd.py covers the Winograd path).
+pytestmark = pytest.mark.usefixtures("im2col_path")
 
 
 def out_size(H, F, stride, pad):

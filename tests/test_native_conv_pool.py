@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fastlayers
 from fastlayers import reference as ref
 from fastlayers.backend import _native as nat
 from fastlayers.numerical import numerical_gradient
@@ -23,14 +22,8 @@ DTYPES = [np.float32, np.float64]
 IMPLS = [pytest.param(nat, id="native"), pytest.param(ref, id="numpy")]
 
 
-@pytest.fixture(autouse=True)
-def im2col_path():
-    """These bounds are a direct sum's: the float32 kernels run im2col here, and
-    tests/test_native_winograd.py holds their Winograd path to its own bound."""
-    saved = fastlayers.backend.get_conv_algorithm()
-    fastlayers.backend.set_conv_algorithm("im2col")
-    yield
-    fastlayers.backend.set_conv_algorithm(saved)
+# The bounds here are a direct sum's (tests/test_native_winograd.py covers the Winograd path).
+pytestmark = pytest.mark.usefixtures("im2col_path")
 F64 = np.float64
 
 # (PH, PW, pool_stride, pool_pad): the networks' 2x2/2, overlapping windows, a 1x1 window,

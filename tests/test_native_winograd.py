@@ -50,13 +50,19 @@ def _tiles(a, pad, th, tw):
     return np.lib.stride_tricks.as_strided(xp, (N, C, th, tw, 6, 6), (s[0], s[1], 4 * s[2], 4 * s[3], s[2], s[3]))
 
 
+def _input_magnitude(x, pad, OH, OW):
+    """|B^T| |d| |B| for every 6x6 input tile d: (N, C, th, tw, 6, 6)."""
+    th, tw = -(-OH // 4), -(-OW // 4)
+    return np.einsum("ip,nctupq,jq->nctuij", abs(BT), _tiles(np.abs(x).astype(F64), pad, th, tw), abs(BT))
+
+
 def forward_magnitude(x, W, b, pad):
     """|A^T| (sum_c (|G||W||G^T|) .* (|B^T||d||B|)) |A| + |b| per output, in float64."""
     N, C, H, Wd = x.shape
     FN = W.shape[0]
     OH, OW = H + 2 * pad - 2, Wd + 2 * pad - 2
     th, tw = -(-OH // 4), -(-OW // 4)
-    V = np.einsum("ip,nctupq,jq->nctuij", abs(BT), _tiles(np.abs(x).astype(F64), pad, th, tw), abs(BT))
+    V = _input_magnitude(x, pad, OH, OW)
     U = np.einsum("ip,fcpq,jq->fcij", abs(G), np.abs(W).astype(F64), abs(G))
     M = np.einsum("fcij,nctuij->nftuij", U, V)
     Y = np.einsum("ri,nftuij,sj->nftrus", abs(AT), M, abs(AT)).reshape(N, FN, 4 * th, 4 * tw)
@@ -66,10 +72,10 @@ def forward_magnitude(x, W, b, pad):
 
 def dW_magnitude(g, x, pad):
     """|G^T| (sum over tiles (|B^T||d||B|) .* (|A||dY||A^T|)) |G| per (f, c), in float64."""
-    N, C, H, Wd = x.shape
+    N = x.shape[0]
     FN, OH, OW = g.shape[1:]
     th, tw = -(-OH // 4), -(-OW // 4)
-    V = np.einsum("ip,nctupq,jq->nctuij", abs(BT), _tiles(np.abs(x).astype(F64), pad, th, tw), abs(BT))
+    V = _input_magnitude(x, pad, OH, OW)
     gp = np.zeros((N, FN, 4 * th, 4 * tw), F64)
     gp[:, :, :OH, :OW] = np.abs(g)
     dY = gp.reshape(N, FN, th, 4, tw, 4).transpose(0, 1, 2, 4, 3, 5)

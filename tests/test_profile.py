@@ -227,15 +227,6 @@ def test_numpy_scratch_is_the_whole_batch_col():
     assert scratch_bytes(layers.Affine(3, 2), (4, 3)) == 0
 
 
-@pytest.fixture
-def im2col_path():
-    """The rule below is im2col's: pin it (float32 3x3 layers may otherwise run Winograd)."""
-    saved = backend.get_conv_algorithm()
-    backend.set_conv_algorithm("im2col")
-    yield
-    backend.set_conv_algorithm(saved)
-
-
 @pytest.mark.parametrize("threads", [1, 2, 8])
 def test_native_scratch_follows_the_kernel_rule(threads, im2col_path):
     T = threads_used(threads)

@@ -16,7 +16,7 @@ import numpy as np
 from . import backend
 from . import init as _init
 from .parameter import Parameter
-from .reference._checks import physical_memory_bytes
+from .reference._checks import refuse_unallocatable
 
 __all__ = [
     "Layer",
@@ -85,17 +85,7 @@ def _empty(layer: Layer, shape, dtype, what: str = "output") -> np.ndarray:
     """np.empty for an array whose size follows from the layer's settings as well as its input
     (a convolution's padding, an affine's width), refused before it is allocated when its
     size does not fit 64 bits (OverflowError) or exceeds this machine's memory (MemoryError)."""
-    shape = tuple(int(d) for d in shape)
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    if nbytes > 2**63 - 1:
-        raise OverflowError(f"{layer._tag()}: the {what} of shape {shape} does not fit a 64-bit size")
-    limit = physical_memory_bytes()
-    if limit and nbytes > limit:
-        raise MemoryError(
-            f"{layer._tag()}: the {what} of shape {shape} needs {nbytes} bytes; "
-            f"more than this machine's memory ({limit} bytes)"
-        )
-    return np.empty(shape, dtype)
+    return np.empty(refuse_unallocatable(shape, dtype, f"{layer._tag()}: the {what}"), dtype)
 
 
 def _pair(value, name: str, owner: str) -> tuple[int, int]:

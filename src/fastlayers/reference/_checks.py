@@ -163,20 +163,24 @@ class Checker:
         return v
 
     def room(self, shape, dtype, what: str) -> None:
-        """Refuses a temporary of ``shape`` before it is allocated when its size does not fit
-        64 bits (OverflowError) or exceeds this machine's memory (MemoryError): an allocation
-        the operating system might grant lazily and then kill the process for touching, or one
-        NumPy refuses with a message that names no kernel."""
-        shape = tuple(int(s) for s in shape)
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        if nbytes > INT64_MAX:
-            raise OverflowError(f"{self.kernel}: {what} of shape {shape} does not fit a 64-bit size")
-        limit = physical_memory_bytes()
-        if limit and nbytes > limit:
-            raise MemoryError(
-                f"{self.kernel}: {what} of shape {shape} needs {nbytes} bytes; "
-                f"more than this machine's memory ({limit} bytes)"
-            )
+        """Refuses a temporary of ``shape`` before it is allocated (see ``refuse_unallocatable``)."""
+        refuse_unallocatable(shape, dtype, f"{self.kernel}: {what}")
+
+
+def refuse_unallocatable(shape, dtype, what: str) -> tuple[int, ...]:
+    """Raises before an array of ``shape`` is allocated when its size does not fit 64 bits
+    (OverflowError) or exceeds this machine's memory (MemoryError): an allocation the
+    operating system might grant lazily and then kill the process for touching, or one NumPy
+    refuses with a message that names no kernel or layer. ``what`` starts the message (the
+    kernel or layer and the array). Returns the shape as ints."""
+    shape = tuple(int(s) for s in shape)
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > INT64_MAX:
+        raise OverflowError(f"{what} of shape {shape} does not fit a 64-bit size")
+    limit = physical_memory_bytes()
+    if limit and nbytes > limit:
+        raise MemoryError(f"{what} of shape {shape} needs {nbytes} bytes; more than this machine's memory ({limit} bytes)")
+    return shape
 
 
 @functools.cache
