@@ -254,16 +254,16 @@ def test_modes_and_the_automatic_choice():
         backend.set_conv_algorithm("sometimes")
     rng = np.random.default_rng(7)
 
-    def winograd(C, FN, mode):
+    def winograd(C, FN, mode, N=4):
         """Whether `mode` took the Winograd path for the forward and for the backward: the
         results differ in rounding from im2col's."""
-        x = rng.standard_normal((2, C, 10, 10)).astype(F32)
+        x = rng.standard_normal((N, C, 10, 10)).astype(F32)
         W = rng.standard_normal((FN, C, 3, 3)).astype(F32)
-        dout = rng.standard_normal((2, FN, 10, 10)).astype(F32)
+        dout = rng.standard_normal((N, FN, 10, 10)).astype(F32)
         outs, grads = [], []
         for m in (mode, "im2col"):
             backend.set_conv_algorithm(m)
-            o = np.empty((2, FN, 10, 10), F32)
+            o = np.empty((N, FN, 10, 10), F32)
             nat.conv2d_forward(o, x, W, np.zeros(FN, F32), 1, 1)
             dx, dW, db = np.empty_like(x), np.zeros_like(W), np.zeros(FN, F32)
             nat.conv2d_backward(dx, dW, db, dout, x, W, 1, 1)
@@ -278,6 +278,8 @@ def test_modes_and_the_automatic_choice():
     assert winograd(16, 32, "auto") == (True, True)
     assert winograd(64, 32, "auto") == (True, True)
     assert winograd(32, 32, "im2col") == (False, False)
+    assert winograd(32, 32, "auto", N=3) == (False, False)  # too few images to pay off
+    assert winograd(32, 32, "winograd", N=1) == (True, True)
     backend.set_conv_algorithm("auto")
     assert backend.get_conv_algorithm() == "auto"
     with backend.conv_algorithm("im2col"):

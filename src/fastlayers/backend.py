@@ -95,8 +95,8 @@ def set_conv_algorithm(algorithm: str) -> None:
 
     - ``"auto"`` (the default) picks per layer and pass what measured fastest here
       (``bench/kernels.py``, ``bench/winograd.py``): Winograd F(4x4, 3x3) for 3x3 stride-1
-      layers with padding <= 2 and at least 16 input and 16 output channels (forward, dW
-      and dx), im2col + GEMM for the rest.
+      layers with padding <= 2 and at least 16 input and 16 output channels, on batches of
+      at least 4 images (forward, dW and dx), im2col + GEMM for the rest.
     - ``"im2col"``: im2col + GEMM everywhere.
     - ``"winograd"``: Winograd wherever it applies at all (3x3, stride 1, padding <= 2,
       any channel count), im2col elsewhere; for tests and comparisons.
