@@ -424,7 +424,7 @@ void forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) 
     const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
     if (N == 0 || FN == 0) return;
     if constexpr (std::is_same_v<T, float>) {
-        if (winograd_forward_applies(g)) {
+        if (winograd_applies(g)) {
             const std::vector<float> U = winograd_filters(W, FN, g.C, false);
             if (winograd_conv(out, x, U.data(), b, Relu, N, g.C, g.H, g.W, FN, g.pad)) return;
             // A non-finite value: redone below with im2col (winograd.h).
@@ -623,7 +623,7 @@ bool winograd_backward(float* dx, float* dW, float* db, const float* gfull, cons
 template <class T, bool Relu>
 void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out, const ConvGeometry& g) {
     if constexpr (std::is_same_v<T, float>) {
-        if (winograd_backward_applies(g)) {
+        if (winograd_applies(g)) {
             const T* gfull = dout;
             if (Relu) {
                 const i64 n = checked_mul(checked_mul(g.N, g.FN, "N*FN"), g.OH * g.OW, "N*FN*OH*OW");
@@ -661,7 +661,7 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
     const Plan pl = plan(g, sizeof(T));
     const i64 FNP = checked_mul(FN, pl.P, "FN*OH*OW"), FNPP = FN * pg.OH * pg.OW;
     if constexpr (std::is_same_v<T, float>) {
-        if (winograd_forward_applies(g)) {
+        if (winograd_applies(g)) {
             // The convolution runs a chunk of images at a time: y is the whole batch's.
             T* y = batch_buffer(checked_mul(N, FNP, "N*FN*OH*OW"));
             const std::vector<float> U = winograd_filters(W, FN, g.C, false);
@@ -718,7 +718,7 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
         }
     };
     if constexpr (std::is_same_v<T, float>) {
-        if (winograd_backward_applies(g)) {
+        if (winograd_applies(g)) {
             T* gfull = batch_buffer(checked_mul(g.N, FNP, "N*FN*OH*OW"));
             parallel_for(g.N, [&](i64 n) { route(gfull + n * FNP, n); }, min_items(FNP));
             if (winograd_backward(dx, dW, db, gfull, x, W, g)) return;

@@ -248,23 +248,17 @@ void transform_inputs(float* V, const float* x, const Tiling& t, i64 n0, i64 n1,
     }
 }
 
-bool applies(const ConvGeometry& g, i64 cin, i64 cout) {
-    const int mode = conv_algorithm();
-    if (mode == kConvIm2col || g.FH != 3 || g.FW != 3 || g.stride != 1 || g.pad > 2 || g.N == 0 || cin == 0 || cout == 0)
-        return false;
-    if (g.OH < 1 || g.OW < 1) return false;
-    const double tiles = double((g.OH + 3) / 4) * double((g.OW + 3) / 4);
-    if (tiles * kTaps * 4.0 * double(cin + cout) > kMaxImageBytes) return false;
-    return mode == kConvWinograd || (std::min(cin, cout) >= kAutoMinChannels && g.N >= kAutoMinImages);
-}
-
 }  // namespace
 
-bool winograd_forward_applies(const ConvGeometry& g) { return applies(g, g.C, g.FN); }
-
-bool winograd_backward_applies(const ConvGeometry& g) {
-    // dx's convolution pads dY by 2 - pad, so pad <= 2 (applies() asks that too).
-    return applies(g, g.C, g.FN);
+bool winograd_applies(const ConvGeometry& g) {
+    // pad <= 2: dx's convolution pads dY by 2 - pad.
+    const int mode = conv_algorithm();
+    if (mode == kConvIm2col || g.FH != 3 || g.FW != 3 || g.stride != 1 || g.pad > 2 || g.N == 0 || g.C == 0 ||
+        g.FN == 0 || g.OH < 1 || g.OW < 1)
+        return false;
+    const double tiles = double((g.OH + 3) / 4) * double((g.OW + 3) / 4);
+    if (tiles * kTaps * 4.0 * double(g.C + g.FN) > kMaxImageBytes) return false;
+    return mode == kConvWinograd || (std::min(g.C, g.FN) >= kAutoMinChannels && g.N >= kAutoMinImages);
 }
 
 // F(4x4, 3x3)'s G, for the filter transform U = G w G^T and its adjoint dW = G^T dU G.
@@ -301,12 +295,12 @@ std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx) 
     return U;
 }
 
-i64 winograd_scratch_bytes(const ConvGeometry& g, bool forward, bool backward, bool dx, int fused, i64 threads) {
-    if (g.N == 0 || g.C == 0 || g.FN == 0 || (!forward && !backward)) return 0;
+i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads) {
+    if (!winograd_applies(g)) return 0;
     // Per-thread slots 0..3 (padded plane, V, M or dM, channel-last output or gradient), each
     // kept at the largest size any pass asks; a pass uses min(threads, chunks) threads.
     double slot[4] = {0, 0, 0, 0};
-    double team = 1, once = 0;
+    double team = 1, once;
     auto pass = [&](const Tiling& t, i64 Cin, i64 Cout) {
         const double T = double(t.imgs) * double(t.Tn);
         slot[0] = std::max(slot[0], double(t.Hp) * double(t.Wp) * double(Cin));
@@ -317,19 +311,16 @@ i64 winograd_scratch_bytes(const ConvGeometry& g, bool forward, bool backward, b
     };
     const Tiling fw = tiling(g.N, g.C, g.H, g.W, g.FN, g.pad);
     const double batch_out = double(g.N) * double(g.FN) * double(g.OH) * double(g.OW);
-    if (forward) {
-        pass(fw, g.C, g.FN);
-        once = std::max(once, kTaps * double(g.C) * double(g.FN) + (fused == 2 ? batch_out : 0.0));
+    pass(fw, g.C, g.FN);  // the forward and dW run the same tiling
+    // Forward: the transformed filters and, pooled, the batch's output; backward: the dW
+    // partials, the batch's (masked or routed) gradient and dx's transformed filters.
+    const double forward = kTaps * double(g.C) * double(g.FN) + (fused == 2 ? batch_out : 0.0);
+    double backward = double(fw.chunks) * kTaps * double(g.C) * double(g.FN) + (fused >= 1 ? batch_out : 0.0);
+    if (dx) {
+        pass(tiling(g.N, g.FN, g.OH, g.OW, g.C, 2 - g.pad), g.FN, g.C);
+        backward += kTaps * double(g.C) * double(g.FN);
     }
-    if (backward) {
-        pass(fw, g.C, g.FN);
-        double b = double(fw.chunks) * kTaps * double(g.C) * double(g.FN) + (fused >= 1 ? batch_out : 0.0);
-        if (dx) {
-            pass(tiling(g.N, g.FN, g.OH, g.OW, g.C, 2 - g.pad), g.FN, g.C);
-            b += kTaps * double(g.C) * double(g.FN);
-        }
-        once = std::max(once, b);
-    }
+    once = std::max(forward, backward);
     return static_cast<i64>((team * (slot[0] + slot[1] + slot[2] + slot[3]) + once) * sizeof(float));
 }
 

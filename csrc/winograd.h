@@ -10,10 +10,9 @@
 
 namespace fl {
 
-// Whether a float32 convolution of geometry g takes the Winograd path forward, and for dW
-// and dx in the backward (dx as the convolution of dout with the flipped filters, pad 2 - pad).
-bool winograd_forward_applies(const ConvGeometry& g);
-bool winograd_backward_applies(const ConvGeometry& g);
+// Whether a float32 convolution of geometry g takes the Winograd path, forward and backward
+// (dx as the convolution of dout with the flipped filters, padded by 2 - pad).
+bool winograd_applies(const ConvGeometry& g);
 
 // U (36, Cin, Cout), xi = 6*i + j, from W (FN, C, 3, 3): U[xi][c][f] = (G W[f][c] G^T)[i][j]
 // (Cin = C, Cout = FN); with `for_dx` the filters of dx's convolution, W[f][c] flipped in
@@ -37,12 +36,12 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
 // its input. Returns whether every value is finite.
 bool winograd_dW(float* dWc, const float* g, const float* x, const ConvGeometry& geo);
 
-// Bytes the Winograd path of a float32 convolution of geometry g asks for: the buffers each
-// of the `threads` threads keeps across calls (at the largest any pass asks), plus those of
-// the calling thread alone (the transformed filters, the dW partials, and the whole batch's
-// convolution output or output gradient where the pooling or ReLU is fused). Only the passes that take the
-// Winograd path count: the forward when `forward`, dW when `backward`, dx when also `dx`.
-// fused: 0 conv alone, 1 with ReLU, 2 with ReLU and max pooling.
-i64 winograd_scratch_bytes(const ConvGeometry& g, bool forward, bool backward, bool dx, int fused, i64 threads);
+// Bytes the Winograd path of a float32 convolution of geometry g asks for (0 when it does
+// not apply): the buffers each of the `threads` threads keeps across calls (at the largest
+// any pass asks), plus those of the calling thread alone (the transformed filters, the dW
+// partials, and the whole batch's convolution output or output gradient where the pooling
+// or ReLU is fused). dx: whether the backward computes dx; fused: 0 conv alone, 1 with
+// ReLU, 2 with ReLU and max pooling.
+i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads);
 
 }  // namespace fl

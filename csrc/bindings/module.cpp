@@ -58,8 +58,8 @@ PYBIND11_MODULE(_native, m) {
     m.def("get_num_threads", &fl::threads::num_threads);
     m.def("set_conv_algorithm", &fl::set_conv_algorithm, py::arg("algorithm"));
     m.def("get_conv_algorithm", &fl::conv_algorithm);
-    // Private, for fastlayers.profile: whether a float32 convolution's forward and backward
-    // take the Winograd path, and the bytes that path asks for (winograd.h).
+    // Private, for fastlayers.profile: whether a float32 convolution takes the Winograd path,
+    // and the bytes that path asks for (winograd.h).
     m.def("_winograd_plan", [](fl::i64 N, fl::i64 C, fl::i64 H, fl::i64 W, fl::i64 FN, fl::i64 FH, fl::i64 FW,
                                 fl::i64 stride, fl::i64 pad, int fused, bool dx, fl::i64 threads) {
         if (N < 0 || C < 0 || FN < 0 || FH < 1 || FW < 1 || stride < 1 || pad < 0 || H + 2 * pad < FH ||
@@ -67,8 +67,7 @@ PYBIND11_MODULE(_native, m) {
             throw std::invalid_argument("_winograd_plan: not a valid convolution geometry");
         const fl::ConvGeometry g{N, C, H, W, FN, FH, FW, stride, pad, (H + 2 * pad - FH) / stride + 1,
                                  (W + 2 * pad - FW) / stride + 1};
-        const bool fwd = fl::winograd_forward_applies(g), bwd = fl::winograd_backward_applies(g);
-        return py::make_tuple(fwd, bwd, fl::winograd_scratch_bytes(g, fwd, bwd, dx, fused, threads));
+        return py::make_tuple(fl::winograd_applies(g), fl::winograd_scratch_bytes(g, dx, fused, threads));
     });
     // Private: lets the thread-pool test show that its probe detects the fight it guards.
     m.def("_blas_separate_pools", &fl::blas::use_separate_pools, py::arg("on"), py::arg("threads"));

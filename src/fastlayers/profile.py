@@ -70,13 +70,11 @@ def _team(n: int, min_per_thread: int, threads: int) -> int:
     return min(n, threads) if n >= 2 * min_per_thread else 1
 
 
-def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0,
-                         forward=True, backward=True) -> int:
+def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0) -> int:
     # fused: 0 (conv alone), 1 (conv + ReLU), 2 (conv + ReLU + max pooling, whose output
-    # planes have pooled_plane pixels). forward / backward: whether those passes run im2col
-    # (not Winograd).
+    # planes have pooled_plane pixels).
     N, C, H, W = shape
-    if N == 0 or not (forward or backward):
+    if N == 0:
         return 0
     OH, OW = (H + 2 * pad - FH) // stride + 1, (W + 2 * pad - FW) // stride + 1
     K, P = C * FH * FW, OH * OW
@@ -120,9 +118,7 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
     # forward: each image on one thread (im2col nested, so on that thread too), or a lone
     # image on the caller with im2col's channels spread over the team.
     col = 0 if direct else K * tile * itemsize
-    if not forward:
-        pass
-    elif N == 1:
+    if N == 1:
         use(slot0, 1, col)
         use(slot2, 1, image_bytes)
         if not direct:
@@ -139,9 +135,7 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
     # with im2col over channels and col2im over blocks of channels spread over the team.
     work = ((0 if direct else K * tile) + (FN * tile if fused == 1 else 0)) * itemsize
     groups = max(1, min(min(N, _MAX_GROUPS), int(_PARTIAL_BYTES / float(FN * K * itemsize))))
-    if not backward:
-        pass
-    elif groups == 1:
+    if groups == 1:
         use(slot0, 1, work)
         use(slot2, 1, image_bytes)
         use(slot3, 1, masked_bytes)
@@ -181,7 +175,7 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
     its pooled gradient per thread).
 
     The NumPy oracle builds the whole batch's col, N·OH·OW·C·FH·FW elements. A float32
-    convolution's pass that runs Winograd (``backend.set_conv_algorithm``) counts that path's
+    convolution that runs Winograd (``backend.set_conv_algorithm``) counts that path's
     buffers instead, as the native code reports them: per thread, a padded channel-last
     plane and the transformed tiles of a chunk of images; on the calling thread, the
     transformed filters, the dW partials of the chunks and, where the ReLU or pooling is
@@ -216,14 +210,15 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
         pooled_plane = POH * POW
     # Float32 3x3 stride-1 convolutions may take the Winograd path (backend.set_conv_algorithm):
     # the native code says which passes do and what they ask for.
-    winograd_fw, winograd_bw, winograd = False, False, 0
     if layer.dtype == np.float32:
-        winograd_fw, winograd_bw, winograd = backend._native._winograd_plan(
+        winograd, nbytes = backend._native._winograd_plan(
             *shape, layer.out_channels, FH, FW, stride, pad, int(fused), layer.needs_input_grad, max(1, threads)
         )
-    return winograd + _native_conv_scratch(
+        if winograd:
+            return nbytes
+    return _native_conv_scratch(
         shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad,
-        pooled_plane, forward=not winograd_fw, backward=not winograd_bw,
+        pooled_plane,
     )
 
 
