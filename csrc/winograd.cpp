@@ -15,7 +15,7 @@
 // bench/winograd.py measured these GEMMs at 0.24x to 0.47x of the im2col GEMM's time for
 // deep_cnn's layers with 32 and 64 channels, 0.67x to 0.72x with 16 (OpenBLAS runs an inner
 // dimension of 16 poorly); the automatic choice (conv.h) follows the whole kernels'
-// times (see applies()).
+// times (see winograd_applies()).
 //
 // Backward. Y is linear in U and in V, so with dY the gradient of a tile of output:
 //   dM = A dY A^T (6,6),   dU[xi] (Cin, Cout) = sum over tiles of V[xi]^T dM[xi],
