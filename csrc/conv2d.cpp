@@ -76,6 +76,7 @@ i64 min_items_macs(double macs_per_item) {
 
 // This thread's scratch for slot Slot, kept across calls when within kScratchBytes (a
 // one-pixel tile of a huge filter gets a buffer of its own, freed afterwards).
+struct ConvScratch;
 template <class T, int Slot>
 class Scratch {
 public:
@@ -85,9 +86,7 @@ public:
             own_.resize(static_cast<size_t>(n));
             ptr_ = own_.data();
         } else {
-            static thread_local std::vector<T> kept;
-            if (kept.size() < static_cast<size_t>(n)) kept.resize(static_cast<size_t>(n));
-            ptr_ = kept.data();
+            ptr_ = kept_buffer<T, ConvScratch, Slot>(n);
         }
     }
     T* get() const { return ptr_; }
@@ -587,13 +586,9 @@ std::vector<T> transposed_filters(const T* W, const ConvGeometry& g, const Plan&
 }
 
 // The whole batch's convolution output or output gradient, for the Winograd path with a
-// fused ReLU or pooling: kept on the calling thread across calls, like the scratch above,
-// so that a training step neither faults in nor zeroes megabytes per layer.
-float* batch_buffer(i64 n) {
-    static thread_local std::vector<float> kept;
-    if (kept.size() < static_cast<size_t>(n)) kept.resize(static_cast<size_t>(n));
-    return kept.data();
-}
+// fused ReLU or pooling: kept on the calling thread across calls, like the scratch above.
+struct ConvBatch;
+float* batch_buffer(i64 n) { return kept_buffer<float, ConvBatch>(n); }
 
 // The Winograd backward (winograd.h) of a convolution whose output gradient is gfull
 // (N, FN, OH, OW): dW and db accumulated, dx (when non-null) overwritten. All or nothing:

@@ -67,11 +67,10 @@ constexpr i64 kAutoMinChannels = 16;
 constexpr i64 kAutoMinImages = 4;
 
 // This thread's buffer for slot Slot, kept across calls.
+struct WinogradScratch;
 template <int Slot>
 float* scratch(i64 n) {
-    static thread_local std::vector<float> kept;
-    if (kept.size() < static_cast<size_t>(n)) kept.resize(static_cast<size_t>(n));
-    return kept.data();
+    return kept_buffer<float, WinogradScratch, Slot>(n);
 }
 
 struct Tiling {
