@@ -118,16 +118,10 @@ def _fmt(v) -> str:
 
 
 class _Range:
+    """What the ranges share: ``sample(rng)``, ``narrow(values, original, keep)``, ``as_dict()``,
+    ``describe()`` and ``in``; equal when their ``as_dict()`` are."""
+
     kind = ""
-
-    def sample(self, rng: np.random.Generator):
-        raise NotImplementedError
-
-    def narrow(self, values: list, original: _Range, keep: float) -> _Range:
-        raise NotImplementedError
-
-    def as_dict(self) -> dict:
-        raise NotImplementedError
 
     def __eq__(self, other):
         return type(self) is type(other) and self.as_dict() == other.as_dict()
@@ -507,6 +501,8 @@ def _table(trials: Sequence[Trial], names: Sequence[str]) -> str:
         def num(v, spec):
             return format(v, spec) if math.isfinite(v) else "-"
         status = t.status if t.error is None else f"{t.status}: {t.error}"
+        if len(status) > 100:  # the whole message is in trial.error and the JSON
+            status = status[:99] + "…"
         rows.append([str(i), str(t.round), str(t.index), num(t.val_accuracy, ".4f"), num(t.val_loss, ".4f"),
                      num(t.train_accuracy, ".4f"), f"{t.seconds:.2f}", *(_fmt(t.params.get(n, "")) for n in names),
                      status])
