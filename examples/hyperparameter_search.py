@@ -1,6 +1,6 @@
 """Hyper-parameter search with narrowing: the textbook's experiment on the bundled images.
 
-    python examples/hyperparameter_search.py                 # about half a minute on 2 cores
+    python examples/hyperparameter_search.py                 # about 35 s of CPU time, over the cores
     python examples/hyperparameter_search.py --png search.png --json search.json
 
 The textbook (chapter 6, "validating hyper-parameters") trains an MLP of six hidden layers

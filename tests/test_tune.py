@@ -49,6 +49,13 @@ def build_exits(params):
     os._exit(3)
 
 
+def build_reports_threads(params):
+    import fastlayers
+
+    raise RuntimeError(f"threads {fastlayers.get_num_threads()} OMP {os.environ.get('OMP_NUM_THREADS')} "
+                       f"OPENBLAS {os.environ.get('OPENBLAS_NUM_THREADS')}")
+
+
 def build_waits(params):
     with open(os.environ["TUNE_TEST_DIR"] + f"/started-{os.getpid()}", "w"):
         pass
@@ -233,6 +240,14 @@ def test_results_are_identical_with_one_and_two_processes():
     assert [tr.params for tr in other.trials] != [row[2] for row in one[0][:6]]
 
 
+def test_workers_run_one_thread_each_and_the_callers_environment_is_left_alone():
+    x, t = blobs(n=60)
+    before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    result = tune.random_search(build_reports_threads, {"lr": 0.1}, x, t, trials=2, rounds=1, processes=2)
+    assert [tr.error for tr in result.trials] == ["RuntimeError: threads 1 OMP 1 OPENBLAS 1"] * 2
+    assert {k: os.environ.get(k) for k in before} == before
+
+
 def test_parameter_draws_depend_on_seed_round_index_and_name_only():
     x, t = blobs()
     a = tune.random_search(build_sgd, {"lr": tune.loguniform(1e-3, 1.0)}, x, t, trials=4, rounds=1, epochs=1,
@@ -289,7 +304,7 @@ def test_trials_train_on_the_split_and_score_on_the_held_out_rows_only():
     # Explicit validation data instead of a split: nothing is held out of x.
     spies.clear()
     tune.random_search(build, {"lr": 1e-3}, x[:60], t[:60], trials=1, rounds=1, epochs=1, batch_size=10,
-                       validation_split=None, validation=(x[60:], t[60:]), processes=1)
+                       validation=(x[60:], t[60:]), processes=1)
     assert spies[0].seen[True] == set(range(60)) and spies[0].seen[False] == set(range(60, 100))
 
 
@@ -413,8 +428,10 @@ def _local_build(params):
     (dict(processes=0), ValueError, "processes must be an int >= 1"),
     (dict(validation_split=1.0), ValueError, r"validation_split must be in \(0, 1\)"),
     (dict(validation_split=0.001), ValueError, "leaves an empty set"),
-    (dict(validation_split=None), ValueError, "never on the data they train on nor on the test set"),
-    (dict(validation=([1], [2])), ValueError, "not both"),
+    (dict(validation_split=0.2, validation=(np.zeros((5, 8), np.float32), np.zeros(5, np.int64))), ValueError,
+     "not both"),
+    (dict(validation=([1], [2])), TypeError, "validation must be a tuple"),
+    (dict(validation=(np.zeros((0, 8), np.float32), np.zeros(0, np.int64))), ValueError, r"number \(> 0\)"),
     (dict(verbose="yes"), TypeError, "verbose must be a bool"),
     (dict(space={}), ValueError, "space is empty"),
     (dict(space=[("lr", 1)]), TypeError, "space must be a dict"),

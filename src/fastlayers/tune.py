@@ -757,12 +757,13 @@ def _split(x, t, validation_split, validation, seed):
     if validation is not None:
         if validation_split is not None:
             raise ValueError("random_search: pass validation or validation_split, not both")
-        if not (isinstance(validation, tuple) and len(validation) == 2):
-            raise TypeError("random_search: validation must be a tuple (x_val, t_val)")
+        if not (isinstance(validation, tuple) and len(validation) == 2
+                and all(isinstance(a, np.ndarray) for a in validation)):
+            raise TypeError("random_search: validation must be a tuple (x_val, t_val) of numpy arrays")
+        if len(validation[0]) != len(validation[1]) or len(validation[0]) == 0:
+            raise ValueError("random_search: validation must hold the same number (> 0) of inputs and targets, got "
+                             f"{len(validation[0])} and {len(validation[1])}")
         return (x, t) + tuple(validation), None
-    if validation_split is None:
-        raise ValueError("random_search: validation_split (or validation) is needed: the trials are compared on "
-                         "held-out data, never on the data they train on nor on the test set")
     if not _is_real(validation_split) or not 0 < validation_split < 1:
         raise ValueError(f"random_search: validation_split must be in (0, 1), got {validation_split!r}")
     n_val = int(round(len(x) * validation_split))
@@ -782,7 +783,7 @@ def random_search(
     rounds: int = 3,
     epochs: int = 5,
     batch_size: int = 100,
-    validation_split: float | None = 0.2,
+    validation_split: float | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     keep: float = 0.2,
     seed: int = 0,
@@ -800,10 +801,10 @@ def random_search(
     trials differ only by their parameters and their batch order and dropout masks.
 
     ``space`` maps names to ``loguniform(lo, hi)``, ``uniform(lo, hi)``, ``randint(lo, hi)``,
-    ``choice([...])`` or a plain value (passed unchanged). ``validation_split`` holds out
-    that fraction of ``(x, t)``, drawn once from ``seed`` and the same for every trial; or
-    pass ``validation=(x_val, t_val)`` (and ``validation_split=None``). Pass only training
-    data: the test set must play no part in choosing hyper-parameters.
+    ``choice([...])`` or a plain value (passed unchanged). ``validation_split`` (default 0.2)
+    holds out that fraction of ``(x, t)``, drawn once from ``seed`` and the same for every
+    trial; or pass ``validation=(x_val, t_val)`` instead. Pass only training data: the test
+    set must play no part in choosing hyper-parameters.
 
     ``processes`` (default: the number of usable cores; never more than ``trials``) worker
     processes run the trials, one thread each; ``1`` runs them here. A trial whose ``build_fn`` or
@@ -830,6 +831,8 @@ def random_search(
     processes = min(_check_count(processes, "processes", 1), trials)
     if not isinstance(verbose, bool):
         raise TypeError(f"random_search: verbose must be a bool, got {type(verbose).__name__}")
+    if validation is None and validation_split is None:
+        validation_split = 0.2
     data, val_rows = _split(x, t, validation_split, validation, seed)
     build_bytes = _check_picklable(build_fn) if processes > 1 else None
 
