@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import backend, checkpoint, data, init, layers, losses, models, optim, reference
+from . import backend, checkpoint, data, init, layers, losses, models, optim, reference, tune
 from .backend import build_info, get_num_threads, set_num_threads
 from .checkpoint import load, save
 from .gradcheck import gradcheck
@@ -29,5 +29,6 @@ __all__ = [
     "reference",
     "save",
     "set_num_threads",
+    "tune",
     "__version__",
 ]

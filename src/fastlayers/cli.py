@@ -1,4 +1,4 @@
-"""The ``fastlayers`` command: ``train``, ``profile``, ``gradcheck`` and ``info``."""
+"""The ``fastlayers`` command: ``train``, ``profile``, ``tune``, ``gradcheck`` and ``info``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,34 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=_count(1), default=None, help="threads for kernels and GEMM (default: all cores)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--json", action="store_true", help="print one JSON object with the profile on stdout")
+
+    tu = sub.add_parser("tune", help="random hyper-parameter search with narrowing, on a validation split",
+                        description="Random search in rounds: each round trains --trials short runs with parameters "
+                        "drawn from the ranges, scores them on a validation split of the training data (never the "
+                        "test set), then narrows every range to the span of the best --keep fraction of all trials "
+                        "so far.")
+    tu.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    tu.add_argument("--batchnorm", action="store_true", help="deep-cnn and mlp: BatchNorm after every hidden layer")
+    tu.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    tu.add_argument("--param", action="append", default=[], metavar="NAME=SPEC", type=_tune_param_arg,
+                    help="a range to search: NAME=log:LOW:HIGH (log-uniform), uniform:LOW:HIGH, int:LOW:HIGH, "
+                    "logint:LOW:HIGH, choice:A,B,C, or a plain value (fixed); NAME is an optimizer argument (lr, "
+                    "weight_decay, momentum, ...) or a scalar model argument (dropout, conv, ...). Repeatable; "
+                    "default: lr=log:1e-6:1e-2 and weight_decay=log:1e-8:1e-4")
+    tu.add_argument("--data", default="bundled", help="as for train (default: bundled)")
+    tu.add_argument("--download", action="store_true")
+    tu.add_argument("--limit", type=_count(2), default=None, help="search on the first N training images only")
+    tu.add_argument("--trials", type=_count(1), default=20, help="trials per round (default: 20)")
+    tu.add_argument("--rounds", type=_count(1), default=3, help="(default: 3)")
+    tu.add_argument("--epochs", type=_count(1), default=5, help="epochs per trial (default: 5)")
+    tu.add_argument("--batch-size", type=_count(1), default=100)
+    tu.add_argument("--validation-split", type=float, default=0.2)
+    tu.add_argument("--keep", type=float, default=0.2,
+                    help="the fraction of best trials whose span becomes the next ranges (default: 0.2)")
+    tu.add_argument("--processes", type=_count(1), default=None, help="worker processes (default: the cores)")
+    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--backend", choices=("native", "numpy"), default=None, help="default: native")
+    tu.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every trial and range to PATH")
 
     g = sub.add_parser("gradcheck", help="compare backprop with numerical gradients for a model")
     g.add_argument("--model", choices=sorted(MODELS), default="simple-cnn")
@@ -250,6 +278,107 @@ def _profile(args) -> int:
     return 0
 
 
+TUNE_DEFAULTS = ("lr=log:1e-6:1e-2", "weight_decay=log:1e-8:1e-4")
+_TUNE_KINDS = {"log": "loguniform", "uniform": "uniform", "int": "randint", "logint": "randint", "choice": "choice"}
+
+
+def _tune_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _tune_param(text: str):
+    """``NAME=SPEC`` as (name, range or fixed value); ValueError or TypeError when malformed."""
+    from . import tune
+
+    name, eq, spec = text.partition("=")
+    if not eq or not name or not spec:
+        raise ValueError(f"expected NAME=SPEC, got {text!r}")
+    kind, colon, rest = spec.partition(":")
+    if not colon:
+        return name, _tune_value(spec)
+    if kind not in _TUNE_KINDS:
+        raise ValueError(f"{text!r}: unknown kind {kind!r}; expected one of {', '.join(_TUNE_KINDS)}")
+    if kind == "choice":
+        return name, tune.choice([_tune_value(v) for v in rest.split(",")])
+    bounds = rest.split(":")
+    if len(bounds) != 2:
+        raise ValueError(f"{text!r}: expected {kind}:LOW:HIGH")
+    cast = int if kind in ("int", "logint") else float
+    try:
+        low, high = (cast(b) for b in bounds)
+    except ValueError:
+        raise ValueError(f"{text!r}: LOW and HIGH must be {'integers' if cast is int else 'numbers'}") from None
+    if kind in ("int", "logint"):
+        return name, tune.randint(low, high, log=kind == "logint")
+    return name, (tune.loguniform if kind == "log" else tune.uniform)(low, high)
+
+
+def _tune_param_arg(text: str):
+    try:
+        return _tune_param(text)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _tune(args) -> int:
+    from . import backend, tune
+    from .data import DatasetError
+
+    if args.backend:
+        backend.set_backend(args.backend)
+    space = dict(_tune_param(p) for p in TUNE_DEFAULTS)
+    space.update(args.param)
+    model_kwargs = {}
+    if args.batchnorm:
+        if args.model == "simple-cnn":
+            print("fastlayers: --batchnorm applies to deep-cnn and mlp, not simple-cnn", file=sys.stderr)
+            return 2
+        model_kwargs["batchnorm"] = True
+    try:
+        (x, t), _ = _load_data(args.data, args.download)  # the test split plays no part
+    except DatasetError as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        x, t = x[: args.limit], t[: args.limit]
+    model_kwargs["input_size" if args.model == "mlp" else "input_shape"] = (
+        int(np.prod(x.shape[1:])) if args.model == "mlp" else x.shape[1:])
+    build = tune.ModelBuilder(args.model, args.optimizer, seed=args.seed, **model_kwargs)
+    try:
+        build.check(space)
+    except ValueError as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 2
+    print(f"tuning {args.model} with {args.optimizer} on {args.data} ({len(x)} training images, "
+          f"{args.validation_split:g} held out for validation), backend {backend.get_backend()}", flush=True)
+    try:
+        result = tune.random_search(
+            build, space, x, t, trials=args.trials, rounds=args.rounds, epochs=args.epochs,
+            batch_size=args.batch_size, validation_split=args.validation_split, keep=args.keep, seed=args.seed,
+            processes=args.processes, verbose=True)
+    except tune.SearchInterrupted as e:
+        result = e.result
+        print(f"interrupted after {len(result.trials)} trials", file=sys.stderr)
+    except (TypeError, ValueError) as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 2
+    best = result.best
+    print(f"\nbest of {len(result.trials)} trials in {result.seconds:.1f} s:")
+    print(result.table(top=10))
+    print("final ranges: " + ", ".join(f"{n} {tune._describe(r)}" for n, r in result.ranges[-1].items()))
+    if best is not None:
+        print("best: " + ", ".join(f"{n}={tune._fmt(v)}" for n, v in best.params.items())
+              + f" (validation accuracy {best.val_accuracy:.4f})")
+    if args.json is not None:
+        result.to_json(args.json)
+    return 130 if result.interrupted else 0
+
+
 def _gradcheck(args) -> int:
     from . import backend
     from .gradcheck import format_table, gradcheck
@@ -292,7 +421,7 @@ def _info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"train": _train, "profile": _profile, "gradcheck": _gradcheck, "info": _info}[args.command](args)
+    return {"train": _train, "profile": _profile, "tune": _tune, "gradcheck": _gradcheck, "info": _info}[args.command](args)
 
 
 if __name__ == "__main__":
