@@ -318,7 +318,9 @@ class Trainer:
         from .augment import Augment
 
         if augment is not None and not isinstance(augment, Augment):
-            raise TypeError(f"Trainer: augment must be a fastlayers.augment.Augment or None, got {type(augment).__name__}")
+            raise TypeError(
+                f"Trainer: augment must be a fastlayers.augment.Augment or None, got {type(augment).__name__}"
+            )
         self.model = model
         # For a CNN the input gradient is a whole GEMM and col2im per step that nobody reads.
         model.needs_input_grad = False
@@ -639,7 +641,10 @@ class Trainer:
             raise CheckpointError(f"{path}: holds no optimizer state")
         bad = _Schema(path)
         keys = {"rng", "history", "stop_reason", "run"}
-        state = bad.obj(state, "trainer", keys | ({"augment"} if isinstance(state, dict) and "augment" in state else set()))
+        # Only an augmented run writes "augment": checkpoints from before it still load.
+        if isinstance(state, dict) and "augment" in state:
+            keys.add("augment")
+        state = bad.obj(state, "trainer", keys)
         augment = self.augment.config() if self.augment is not None else None
         if state.get("augment") != augment:
             raise CheckpointError(
