@@ -33,4 +33,10 @@ template <class T>
 void softmax_cross_entropy_backward(T* dlogits, const T* probs, const std::int64_t* labels,
                                     const T* targets, double dloss, i64 N, i64 K);
 
+// ---- affine_warp.cpp
+// out, x (N,C,H,W); theta (N,2,3) maps output pixel centres (x = column, y = row) to the
+// input points they sample, bilinearly, `fill` outside. No backward: the inputs are data.
+template <class T>
+void affine_warp_forward(T* out, const T* x, const T* theta, double fill, i64 N, i64 C, i64 H, i64 W);
+
 }  // namespace fl

@@ -207,6 +207,9 @@ def _specs() -> dict:
              POOL_OUT, frozenset({"x"}), tol="linear", n="PH * PW + 1"),
         Spec("avgpool2d_backward", (A("dx", OUT, "N, C, H, Wd"), A("dout", IN, "N, C, OH, OW"), *POOL_HYPER),
              POOL_DIMS, POOL_OUT, frozenset({"dx"}), tol="linear", n="PH * PW + 1", like="dout"),
+        # The warp repeats the oracle's double arithmetic operation by operation: bit for bit.
+        Spec("affine_warp_forward", (A("out", OUT, "N, C, H, Wd"), A("x", IN, "N, C, H, Wd"), A("theta", IN, "N, 2, 3"),
+                                     H("fill", REAL, 0.25)), POOL_DIMS, sources=frozenset({"x"})),
     ]
     for relu in (False, True):
         r = "_relu" if relu else ""

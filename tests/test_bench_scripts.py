@@ -91,6 +91,14 @@ def test_step_guard_quick(tmp_path):
     assert [r["buffers"] for r in report["rows"]] == [0, 10]  # mlp-bn: five BatchNorms' running mean and variance
 
 
+def test_augment_quick(tmp_path):
+    report = run(tmp_path, "augment.py")
+    assert report["validation_passed"] is True and report["batch"] == 100
+    for key in ("native_ms", "numpy_ms", "step_ms", "augmented_step_ms"):
+        assert report[key] > 0, key
+    assert report["share"] == pytest.approx(report["native_ms"] / report["augmented_step_ms"])
+
+
 # The validation is what makes the timings mean something: it must notice a wrong result and
 # an output left unwritten.
 

@@ -122,3 +122,26 @@ def test_train_checkpoint_and_resume_continue_the_run_exactly(tmp_path, capsys):
     assert "training data differ" in capsys.readouterr().err
     assert cli.main(["train", "--resume", "--quiet"]) == 2
     assert "need --checkpoint" in capsys.readouterr().err
+
+
+def test_train_with_augmentation(capsys):
+    args = ["train", "--model", "simple-cnn", "--epochs", "1", "--limit", "300", "--json", "--quiet",
+            "--augment", "translate=2,rotate=10,scale=0.9:1.1,hflip"]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["augment"] == {"translate": [2.0, 2.0], "rotate": 10.0, "scale": [0.9, 1.1], "hflip": True,
+                                 "fill": 0.0}
+    assert "Augment(translate=2.0, rotate=10.0" in captured.err
+    assert cli.main(args[:-2]) == 0
+    assert json.loads(capsys.readouterr().out)["augment"] is None
+
+
+@pytest.mark.parametrize("spec,words", [("rotate=ten", "rotate must be a number"), ("shear=2", "unknown setting"),
+                                        ("scale=1.2:0.8", "0 < lo <= hi")])
+def test_train_refuses_bad_augmentation_settings(capsys, spec, words):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--augment", spec])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--augment" in err and words in err, err

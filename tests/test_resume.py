@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 
 import fastlayers
 from fastlayers import checkpoint, data, layers, losses, models, optim
+from fastlayers.augment import Augment
 from fastlayers.checkpoint import CheckpointError
 from fastlayers.trainer import Trainer, _rng_from_state, _rng_state, step_decay
 
@@ -377,3 +378,39 @@ def test_resume_needs_a_checkpoint_path(bundled):
         trainer.fit(x, t, checkpoint="c.safetensors", checkpoint_every=0)
     with pytest.raises(TypeError, match="checkpoint must be a path"):
         trainer.fit(x, t, checkpoint=3)
+
+
+def test_an_augmented_run_resumes_exactly(tmp_path, bundled):
+    """The augmentation generator is saved and restored: 2 epochs straight equal 1 epoch, a
+    fresh setup with another seed, and 1 resumed epoch, bit for bit; and from inside an epoch."""
+    x, t = inputs("cnn", bundled)
+    aug = Augment(translate=2, rotate=10, scale=(0.9, 1.1), hflip=True)
+
+    def build(seed=0, augment=aug):
+        model = small_cnn(seed)
+        return Trainer(model, losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters()), seed=seed, verbose=False,
+                       augment=augment)
+
+    path = tmp_path / "run.safetensors"
+    straight = build()
+    straight.fit(x, t, epochs=2, **fit_args())
+    build().fit(x, t, epochs=1, checkpoint=path, **fit_args())
+    assert "augment" in trainer_section(path)["rng"]
+    resumed = build(seed=7)
+    resumed.fit(x, t, epochs=2, checkpoint=path, resume=True, **fit_args())
+    assert_identical(state_of(straight), state_of(resumed))
+    assert "augment" in state_of(resumed)["rng"]
+
+    inside = tmp_path / "inside.safetensors"
+    first = build()
+    crash_at(first, 10)
+    with pytest.raises(Crash):
+        first.fit(x, t, epochs=2, checkpoint=inside, checkpoint_every=3, **fit_args())
+    again = build(seed=3)
+    again.fit(x, t, epochs=2, checkpoint=inside, checkpoint_every=3, resume=True, **fit_args())
+    assert_identical(state_of(straight), state_of(again))
+
+    # The run must be continued with the augmentation it was trained with.
+    for other in (None, Augment(translate=1)):
+        with pytest.raises(CheckpointError, match="trained with augment"):
+            build(augment=other).fit(x, t, epochs=2, checkpoint=path, resume=True, **fit_args())

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import backend, checkpoint, data, init, layers, losses, models, optim, reference, tune
+from . import augment, backend, checkpoint, data, init, layers, losses, models, optim, reference, tune
 from .backend import build_info, get_num_threads, set_num_threads
 from .checkpoint import load, save
 from .gradcheck import gradcheck
@@ -13,6 +13,7 @@ from .trainer import Trainer
 __all__ = [
     "Parameter",
     "Trainer",
+    "augment",
     "backend",
     "build_info",
     "checkpoint",

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="with --checkpoint: continue the run saved there, if the file exists; --epochs counts the "
                    "whole run")
+    t.add_argument("--augment", type=_augment, default=None, metavar="SETTINGS",
+                   help="random augmentation of every training batch, comma-separated: translate=PIXELS (or TX:TY), "
+                   "rotate=DEGREES, scale=LO:HI, hflip, fill=VALUE; e.g. translate=2,rotate=10,scale=0.9:1.1")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -126,6 +129,15 @@ def _count(minimum: int):
     return parse
 
 
+def _augment(text: str):
+    from .augment import Augment
+
+    try:
+        return Augment.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _load_data(name: str, download: bool):
     from . import data
 
@@ -178,11 +190,13 @@ def _train(args) -> int:
     kwargs = {"weight_decay": args.weight_decay} if args.lr is None else {"lr": args.lr, "weight_decay": args.weight_decay}
     opt = optim.get(args.optimizer, model.parameters(), **kwargs)
     lr = opt.lr
-    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, seed=args.seed, verbose=False if args.quiet else None)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, seed=args.seed, verbose=False if args.quiet else None,
+                      augment=args.augment)
     log = sys.stderr if args.json else sys.stdout
     print(
         f"training {args.model} on {args.data} ({len(x_train)} train / {len(x_test)} test images), "
-        f"backend {backend.get_backend()}, {backend.get_num_threads()} threads, {args.optimizer} lr {lr:g}",
+        f"backend {backend.get_backend()}, {backend.get_num_threads()} threads, {args.optimizer} lr {lr:g}"
+        + (f", {args.augment!r}" if args.augment is not None else ""),
         file=log,
     )
     start = time.perf_counter()
@@ -218,6 +232,7 @@ def _train(args) -> int:
         "lr": lr,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "augment": args.augment.config() if args.augment is not None else None,
         "train_samples": int(len(x_train)),
         "test_samples": int(len(x_test)),
         "epochs": len(history),

@@ -302,12 +302,25 @@ class Trainer:
     reads every gradient once: about 2% of a step of the BatchNorm MLP and 0.8% of one of
     SimpleConvNet (``bench/step_guard.py``); ``check_finite=False`` turns it off, and then only a
     non-finite loss is reported, after the update has been applied.
+
+    ``augment=Augment(...)`` (``fastlayers.augment``) warps every training batch of ``fit``
+    with random shifts, rotations, scalings and flips before its step; validation data,
+    ``evaluate``, ``predict`` and a direct ``train_step`` see the images as given. Its
+    parameters come from a generator of their own, derived from ``seed`` without drawing
+    from the others, so turning augmentation on leaves the shuffling and dropout streams as
+    they were; checkpoints save that generator and the settings, and resume continues both.
     """
 
     def __init__(
         self, model, loss, optimizer, seed: int | None = 0, verbose: bool | None = None, profile: bool = False,
-        check_finite: bool = True,
+        check_finite: bool = True, augment=None,
     ):
+        from .augment import Augment
+
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(
+                f"Trainer: augment must be a fastlayers.augment.Augment or None, got {type(augment).__name__}"
+            )
         self.model = model
         # For a CNN the input gradient is a whole GEMM and col2im per step that nobody reads.
         model.needs_input_grad = False
@@ -322,6 +335,9 @@ class Trainer:
         shuffle_seed, dropout_seed = self.rng.integers(2**63, size=2)
         self._shuffle_rng = np.random.default_rng(int(shuffle_seed))
         model.set_rng(np.random.default_rng(int(dropout_seed)))
+        self.augment = augment
+        # Seeded from both draws above rather than by a third draw, which would move self.rng.
+        self._augment_rng = np.random.default_rng([int(shuffle_seed), int(dropout_seed)])
         self.stop_reason: str | None = None
         self.check_finite = bool(check_finite)
         self._buffers = _BufferSnapshot(model)
@@ -547,6 +563,8 @@ class Trainer:
         for s in range(run.step, steps):
             idx = order[s * batch_size : (s + 1) * batch_size]
             xb, tb = x[idx], t[idx]
+            if self.augment is not None:
+                xb = self.augment(xb, self._augment_rng)
             self._where = (epoch, s + 1)
             try:
                 loss, scores = self.train_step(xb, tb)
@@ -577,6 +595,8 @@ class Trainer:
     def _generators(self) -> dict[str, np.random.Generator]:
         """Every random generator of the run, by the name a checkpoint stores it under."""
         gens = {"seed": self.rng, "shuffle": self._shuffle_rng}
+        if self.augment is not None:
+            gens["augment"] = self._augment_rng
         for i, m in enumerate(self.model.modules()):
             if isinstance(getattr(m, "rng", None), np.random.Generator):
                 gens[f"module.{i}"] = m.rng
@@ -591,6 +611,8 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "run": run.state(),
         }
+        if self.augment is not None:
+            state["augment"] = self.augment.config()
         arrays = {}
         if run.order is not None:
             arrays["order"] = run.order
@@ -618,7 +640,17 @@ class Trainer:
         if optimizer_state is None:
             raise CheckpointError(f"{path}: holds no optimizer state")
         bad = _Schema(path)
-        state = bad.obj(state, "trainer", {"rng", "history", "stop_reason", "run"})
+        keys = {"rng", "history", "stop_reason", "run"}
+        # Only an augmented run writes "augment": checkpoints from before it still load.
+        if isinstance(state, dict) and "augment" in state:
+            keys.add("augment")
+        state = bad.obj(state, "trainer", keys)
+        augment = self.augment.config() if self.augment is not None else None
+        if state.get("augment") != augment:
+            raise CheckpointError(
+                f"fit: resume from {path}: the run was trained with augment {state.get('augment')!r}, this trainer "
+                f"has {augment!r}"
+            )
         gens = self._generators()
         saved = bad.obj(state["rng"], "trainer.rng", set(gens))
         new_gens = {name: _rng_from_state(saved[name], f"{path}: trainer.rng.{name}") for name in gens}
@@ -666,6 +698,8 @@ class Trainer:
             raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
         self.model.load_state_dict(model_state)
         self.rng, self._shuffle_rng = new_gens.pop("seed"), new_gens.pop("shuffle")
+        if self.augment is not None:
+            self._augment_rng = new_gens.pop("augment")
         modules = self.model.modules()
         for name, g in new_gens.items():
             modules[int(name.split(".")[1])].rng = g

@@ -6,13 +6,14 @@ Each function here has the same name and signature as its native twin in
 parameter gradients accumulate) and the shape of every argument.
 """
 
-from . import activations, conv, linear, losses, norm, optim
+from . import activations, conv, linear, losses, norm, optim, warp
 from .activations import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .norm import *  # noqa: F401,F403
 from .optim import *  # noqa: F401,F403
+from .warp import *  # noqa: F401,F403
 
 __all__ = [
     *linear.__all__,
@@ -21,4 +22,5 @@ __all__ = [
     *activations.__all__,
     *losses.__all__,
     *optim.__all__,
+    *warp.__all__,
 ]
