@@ -2,8 +2,9 @@
 
 __version__ = "0.1.0"
 
-from . import backend, checkpoint, data, init, layers, losses, models, optim, reference
+from . import backend, callbacks, checkpoint, data, init, layers, losses, models, optim, reference, schedules
 from .backend import build_info, get_num_threads, set_num_threads
+from .callbacks import Callback
 from .checkpoint import load, save
 from .gradcheck import gradcheck
 from .numerical import numerical_gradient
@@ -11,10 +12,12 @@ from .parameter import Parameter
 from .trainer import Trainer
 
 __all__ = [
+    "Callback",
     "Parameter",
     "Trainer",
     "backend",
     "build_info",
+    "callbacks",
     "checkpoint",
     "data",
     "get_num_threads",
@@ -28,6 +31,7 @@ __all__ = [
     "optim",
     "reference",
     "save",
+    "schedules",
     "set_num_threads",
     "__version__",
 ]
