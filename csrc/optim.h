@@ -60,6 +60,16 @@ double sum_squares(const T* x, i64 n);
 template <class T>
 double sum_abs(const T* x, i64 n);
 
+// ---- scale_update.cpp
+// x (n) *= alpha, the product formed in double and rounded to T once (clipping by norm).
+template <class T>
+void scale_update(T* x, i64 n, double alpha);
+
+// ---- clamp_update.cpp
+// x (n) clamped to [-limit, limit] (limit rounded to T); returns how many entries were outside.
+template <class T>
+i64 clamp_update(T* x, i64 n, double limit);
+
 // ---- shared by the update kernels
 
 namespace optim_detail {

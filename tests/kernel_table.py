@@ -296,6 +296,10 @@ def _specs() -> dict:
              returns=True),
         Spec("sum_abs", (A("x", IN, P),), OPTIM_DIMS, sources=frozenset({"x"}), any_ndim=True, tol="sum",
              returns=True),
+        Spec("scale_update", (A("x", INOUT, P), H("alpha", FINITE, 0.5)), OPTIM_DIMS, sources=frozenset({"x"}),
+             any_ndim=True),
+        Spec("clamp_update", (A("x", INOUT, P), H("limit", POSITIVE, 0.5)), OPTIM_DIMS, sources=frozenset({"x"}),
+             any_ndim=True, tol="clamp", returns=True),
     ]
     return {spec.name: spec for spec in s}
 
@@ -673,6 +677,12 @@ def _sum(spec, args, wg, ww, rg, rw, dtype):
     _close(rg, rw, mag, x.size + 1, np.float64, spec.name)
 
 
+def _clamp(spec, args, wg, ww, rg, rw, dtype):
+    # Comparisons and selects only: the same bits, and the same count of clamped entries.
+    np.testing.assert_array_equal(wg["x"], ww["x"], err_msg=f"{spec.name}: x")
+    assert type(rg) is int and type(rw) is int and rg == rw, f"{spec.name}: returned {rg!r}, oracle {rw!r}"
+
+
 CUSTOM = {
     "bn_train": _bn_train,
     "bn_eval": _bn_eval,
@@ -689,4 +699,5 @@ CUSTOM = {
     "mse_forward": _mse_forward,
     "adam": _adam,
     "sum": _sum,
+    "clamp": _clamp,
 }

@@ -206,6 +206,37 @@ void bind_optim(py::module_& m) {
         "w (R,C) in place: each column (axis 0) or row (axis 1) with L2 norm > max_norm is rescaled to max_norm");
 
     m.def(
+        "scale_update",
+        [](py::object x_, py::object alpha_) {
+            Checker c{"scale_update"};
+            Arr x = input(c, x_, "x", std::nullopt, nullptr);
+            c.writeable(x.a, "x");
+            const double alpha = c.finite(alpha_, "alpha");
+            dispatch(x.dtype, [&](auto t) {
+                using T = decltype(t);
+                py::gil_scoped_release nogil;
+                scale_update<T>(x.ptr<T>(), x.size(), alpha);
+            });
+        },
+        py::arg("x"), py::arg("alpha"), "x *= alpha in place (the product in float64, rounded once to x's dtype)");
+
+    m.def(
+        "clamp_update",
+        [](py::object x_, py::object limit_) {
+            Checker c{"clamp_update"};
+            Arr x = input(c, x_, "x", std::nullopt, nullptr);
+            c.writeable(x.a, "x");
+            const double limit = positive(c, limit_, "limit");
+            return dispatch(x.dtype, [&](auto t) {
+                using T = decltype(t);
+                py::gil_scoped_release nogil;
+                return clamp_update<T>(x.ptr<T>(), x.size(), limit);
+            });
+        },
+        py::arg("x"), py::arg("limit"),
+        "x clamped in place to [-limit, limit] (limit rounded to x's dtype); returns the number of entries clamped");
+
+    m.def(
         "sum_squares",
         [](py::object x_) {
             Checker c{"sum_squares"};

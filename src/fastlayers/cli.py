@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+SCHEDULES = ("step", "exponential", "cosine", "plateau")
 GRADCHECK_TOLERANCE = 1e-5
 
 
@@ -41,9 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's own, 1e-3 for adam)")
     t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--lr-schedule", choices=SCHEDULES, default=None,
+                   help="step: times --lr-gamma every --lr-step epochs; exponential: times --lr-gamma every epoch; "
+                   "cosine: cosine annealing to --lr-min over the run, after --lr-warmup; plateau: times --lr-gamma "
+                   "after --lr-patience epochs without improvement of the validation loss (training loss without "
+                   "--validation-split)")
     t.add_argument("--lr-step", type=int, default=None, metavar="E",
-                   help="multiply the learning rate by --lr-gamma every E epochs (step decay)")
-    t.add_argument("--lr-gamma", type=float, default=0.1)
+                   help="multiply the learning rate by --lr-gamma every E epochs (step decay; implies "
+                   "--lr-schedule step)")
+    t.add_argument("--lr-gamma", type=float, default=0.1,
+                   help="step, exponential and plateau: the factor (default 0.1)")
+    t.add_argument("--lr-min", type=float, default=0.0, help="cosine and plateau: the lowest rate (default 0)")
+    t.add_argument("--lr-warmup", type=_count(0), default=None, metavar="N",
+                   help="cosine: rise linearly to --lr over the first N epochs (steps with --lr-per-step)")
+    t.add_argument("--lr-per-step", action="store_true",
+                   help="step, exponential and cosine: count optimizer steps instead of epochs")
+    t.add_argument("--lr-patience", type=_count(1), default=None, metavar="K", help="plateau: patience (default 2)")
+    t.add_argument("--lr-cooldown", type=_count(0), default=None, metavar="N",
+                   help="plateau: epochs after a reduction that are not counted (default 0)")
+    t.add_argument("--clip-norm", type=float, default=None, metavar="C",
+                   help="rescale the gradient whenever its global L2 norm exceeds C")
+    t.add_argument("--clip-value", type=float, default=None, metavar="V",
+                   help="clamp every gradient entry to [-V, V]")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--backend", choices=("native", "numpy"), default=None, help="default: native")
     t.add_argument("--threads", type=int, default=None, help="threads for kernels and GEMM (default: all cores)")
@@ -152,13 +172,42 @@ def _load_data(name: str, download: bool):
     return data.load_dir(path)
 
 
+def _schedule(args, lr: float, n_train: int):
+    """The --lr-schedule and its options as a schedule (None without one); ValueError naming the
+    option that does not fit."""
+    from . import schedules
+
+    name = args.lr_schedule or ("step" if args.lr_step is not None else None)
+    if (args.lr_step is not None) != (name == "step"):
+        raise ValueError("--lr-step goes with --lr-schedule step, which needs it")
+    given = {"--lr-warmup": args.lr_warmup is not None, "--lr-patience": args.lr_patience is not None,
+             "--lr-cooldown": args.lr_cooldown is not None, "--lr-per-step": args.lr_per_step}
+    allowed = {"cosine": {"--lr-warmup", "--lr-per-step"}, "plateau": {"--lr-patience", "--lr-cooldown"},
+               "step": {"--lr-per-step"}, "exponential": {"--lr-per-step"}}.get(name, set())
+    stray = [option for option, on in given.items() if on and option not in allowed]
+    if stray:
+        raise ValueError(f"{stray[0]} does not apply to --lr-schedule {name or '(none)'}")
+    if name == "step":
+        return schedules.StepDecay(lr, args.lr_step, args.lr_gamma, per_step=args.lr_per_step)
+    if name == "exponential":
+        return schedules.ExponentialDecay(lr, args.lr_gamma, per_step=args.lr_per_step)
+    if name == "cosine":
+        total = args.epochs * (-(-n_train // args.batch_size) if args.lr_per_step else 1)
+        return schedules.CosineAnnealing(lr, max(total, 1), min_lr=args.lr_min, warmup=args.lr_warmup or 0,
+                                         per_step=args.lr_per_step)
+    if name == "plateau":
+        return schedules.ReduceOnPlateau("val_loss", factor=args.lr_gamma, patience=args.lr_patience or 2,
+                                         cooldown=args.lr_cooldown or 0, min_lr=args.lr_min)
+    return None
+
+
 def _train(args) -> int:
     from . import backend, optim
     from .checkpoint import CheckpointError, save
     from .data import DatasetError
     from .losses import SoftmaxCrossEntropy
     from .models import get as get_model
-    from .trainer import NonFiniteError, Trainer, step_decay
+    from .trainer import NonFiniteError, Trainer
 
     if args.checkpoint is None and (args.resume or args.checkpoint_every is not None):
         print("fastlayers: --resume and --checkpoint-every need --checkpoint PATH", file=sys.stderr)
@@ -188,7 +237,14 @@ def _train(args) -> int:
         size["dropout"] = args.dropout
     model = get_model(args.model, seed=args.seed, **size)
     kwargs = {"weight_decay": args.weight_decay} if args.lr is None else {"lr": args.lr, "weight_decay": args.weight_decay}
-    opt = optim.get(args.optimizer, model.parameters(), **kwargs)
+    kwargs.update(clip_norm=args.clip_norm, clip_value=args.clip_value)
+    try:
+        opt = optim.get(args.optimizer, model.parameters(), **kwargs)
+        n_val = 0 if args.validation_split is None else int(round(len(x_train) * args.validation_split))
+        schedule = _schedule(args, opt.lr, len(x_train) - n_val)
+    except (TypeError, ValueError) as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 2
     lr = opt.lr
     trainer = Trainer(model, SoftmaxCrossEntropy(), opt, seed=args.seed, verbose=False if args.quiet else None,
                       augment=args.augment)
@@ -208,7 +264,7 @@ def _train(args) -> int:
             batch_size=args.batch_size,
             validation_split=args.validation_split,
             patience=args.patience,
-            lr_schedule=None if args.lr_step is None else step_decay(lr, args.lr_step, args.lr_gamma),
+            lr_schedule=schedule,
             checkpoint=args.checkpoint,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
@@ -230,6 +286,9 @@ def _train(args) -> int:
         "threads": backend.get_num_threads(),
         "optimizer": args.optimizer,
         "lr": lr,
+        "lr_schedule": repr(schedule) if schedule is not None else None,
+        "clip_norm": args.clip_norm,
+        "clip_value": args.clip_value,
         "batch_size": args.batch_size,
         "seed": args.seed,
         "augment": args.augment.config() if args.augment is not None else None,

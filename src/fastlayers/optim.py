@@ -4,7 +4,9 @@ Each ``step()`` runs one update kernel (``backend.kernels().adam_update`` and fr
 docs/kernels.md) per *group* of parameters, not per parameter: the optimizer moves its
 parameters into a few flat buffers (see :class:`Optimizer`), then applies the optional
 max-norm constraint. Weight decay, L1 and max-norm apply to parameters with
-``regularize=True`` only, or to every parameter with ``regularize="all"``. A typical loop::
+``regularize=True`` only, or to every parameter with ``regularize="all"``. Gradient clipping
+(``clip_norm``, ``clip_value``) acts on every parameter's gradient before the update. A
+typical loop::
 
     opt = fastlayers.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     for x, t in batches:
@@ -26,6 +28,8 @@ from .parameter import Parameter
 __all__ = ["Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get", "NAMES"]
 
 _REGULARIZE = ("weights", "all")
+# Settings a state dict may lack because it was saved before they existed.
+_OPTIONAL_HYPER = ("clip_norm", "clip_value")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -115,6 +119,22 @@ class Optimizer:
     convolution weight whose L2 norm exceeds it. Parameters of any other ndim are not
     max-norm constrained. ``steps`` counts the calls of ``step()``.
 
+    **Gradient clipping.** ``clip_norm`` (None: off) rescales the gradients of all the
+    parameters together, whenever their global L2 norm ``sqrt(sum over every parameter of
+    ||grad||²)`` exceeds it, by ``clip_norm / norm``, so that their norm becomes ``clip_norm``
+    and their direction is kept; ``clip_value`` (None: off) then clamps every gradient entry
+    to ``[-clip_value, clip_value]`` (the limit rounded to the parameter's dtype). Both act on
+    ``p.grad`` in place at the start of ``step()``, on the gradient of the loss as backward
+    left it: the weight decay and L1 terms are added afterwards, inside the update, and are
+    not clipped, and max-norm rescales the weights after the update. The norm is one native
+    ``sum_squares`` per flat buffer (float64, a fixed order) and the rescaling one
+    ``scale_update`` per buffer (the product in float64, rounded once), the clamping one
+    ``clamp_update`` per buffer. A norm that is not finite (a NaN or infinite gradient, which
+    ``Trainer`` refuses before the update anyway) leaves the gradient unscaled. After each
+    step ``grad_norm`` is the global norm before clipping and ``rescaled`` whether it was
+    rescaled (None and False without ``clip_norm``), and ``clamped`` the number of entries
+    clamped (None without ``clip_value``).
+
     **Flat buffers.** On construction the optimizer groups its parameters by dtype and by
     whether the penalties apply to them (typically two groups: the weights, and the
     biases and BatchNorm parameters), allocates for each group one contiguous data
@@ -150,7 +170,8 @@ class Optimizer:
     hyper_names: tuple[str, ...] = ()
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, l1: float = 0.0,
-                 max_norm: float | None = None, regularize: str = "weights"):
+                 max_norm: float | None = None, regularize: str = "weights", clip_norm: float | None = None,
+                 clip_value: float | None = None):
         owner = type(self).__name__
         if isinstance(params, (Parameter, np.ndarray)) or not hasattr(params, "__iter__"):
             raise TypeError(f"{owner}: params must be a list of Parameter, got {type(params).__name__}")
@@ -170,6 +191,11 @@ class Optimizer:
         self.weight_decay = _at_least(owner, "weight_decay", weight_decay, 0)
         self.l1 = _at_least(owner, "l1", l1, 0)
         self.max_norm = None if max_norm is None else _positive(owner, "max_norm", max_norm)
+        self.clip_norm = None if clip_norm is None else _positive(owner, "clip_norm", clip_norm)
+        self.clip_value = None if clip_value is None else _positive(owner, "clip_value", clip_value)
+        self.grad_norm: float | None = None
+        self.rescaled = False
+        self.clamped: int | None = None
         if regularize not in _REGULARIZE:
             raise ValueError(f"{owner}: regularize must be 'weights' or 'all', got {regularize!r}")
         self.regularize = regularize
@@ -289,10 +315,12 @@ class Optimizer:
             for i, p in enumerate(self.params):
                 _check_writeable(type(self).__name__, i, p)
             self.steps += 1
+            self._clip(k, [p.grad for p in self.params])
             self._step_each(k)
             self._pack()
             return
         self.steps += 1
+        self._clip(k, [group.grad for group in self._groups])
         max_norm = self.max_norm
         for group in self._groups:
             if group.regularized:
@@ -302,6 +330,20 @@ class Optimizer:
                         k.max_norm_update(w, max_norm, axis)
             else:
                 self._update(k, group.data, group.grad, group.state, 0.0, 0.0)
+
+    def _clip(self, k, grads: list[np.ndarray]) -> None:
+        """Clips the gradients (the flat buffers, or each parameter's array) in place."""
+        self.grad_norm, self.rescaled, self.clamped = None, False, None
+        if self.clip_norm is not None:
+            norm = math.sqrt(sum(k.sum_squares(g) for g in grads))
+            self.grad_norm = norm
+            if math.isfinite(norm) and norm > self.clip_norm:
+                factor = self.clip_norm / norm
+                for g in grads:
+                    k.scale_update(g, factor)
+                self.rescaled = True
+        if self.clip_value is not None:
+            self.clamped = sum(k.clamp_update(g, self.clip_value) for g in grads)
 
     def _step_each(self, k) -> None:
         """The update one parameter at a time, on whatever arrays the parameters hold."""
@@ -367,7 +409,8 @@ class Optimizer:
     def hyper_parameters(self) -> dict:
         """The scalar settings, as stored by ``state_dict``."""
         d = {"lr": self.lr, "weight_decay": self.weight_decay, "l1": self.l1,
-             "max_norm": self.max_norm, "regularize": self.regularize}
+             "max_norm": self.max_norm, "regularize": self.regularize, "clip_norm": self.clip_norm,
+             "clip_value": self.clip_value}
         d.update({name: getattr(self, name) for name in self.hyper_names})
         return d
 
@@ -382,11 +425,13 @@ class Optimizer:
 
     def load_state_dict(self, d: dict) -> None:
         """Restores what ``state_dict`` returned; any mismatch raises ValueError naming the key
-        and leaves the optimizer unchanged."""
+        and leaves the optimizer unchanged. ``clip_norm`` and ``clip_value`` may be absent (a
+        state saved before clipping existed): they then become None, as they were."""
         owner = type(self).__name__
         if not isinstance(d, dict):
             raise TypeError(f"{owner}: state dict must be a dict, got {type(d).__name__}")
         arrays = {f"state.{i}.{name}": (i, name) for i in range(len(self.params)) for name in self.state_names}
+        d = {**dict.fromkeys(_OPTIONAL_HYPER), **d}
         scalars = ("type", *self.hyper_parameters(), "step")
         missing = [key for key in (*scalars, *arrays) if key not in d]
         if missing:
@@ -414,12 +459,14 @@ class Optimizer:
             wd = _at_least(owner, "weight_decay", d["weight_decay"], 0)
             l1 = _at_least(owner, "l1", d["l1"], 0)
             max_norm = None if d["max_norm"] is None else _positive(owner, "max_norm", d["max_norm"])
+            clip = {name: None if d[name] is None else _positive(owner, name, d[name]) for name in _OPTIONAL_HYPER}
             hyper = {name: self._check_hyper(name, d[name]) for name in self.hyper_names}
         except TypeError as e:
             raise ValueError(str(e)) from None
         if d["regularize"] not in _REGULARIZE:
             raise ValueError(f"{owner}: key 'regularize' must be 'weights' or 'all', got {d['regularize']!r}")
         self.lr, self.weight_decay, self.l1, self.max_norm = lr, wd, l1, max_norm
+        self.clip_norm, self.clip_value = clip["clip_norm"], clip["clip_value"]
         self.regularize = d["regularize"]
         for name, value in hyper.items():
             setattr(self, name, value)

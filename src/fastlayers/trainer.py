@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .callbacks import Callback
 from .init import as_generator
 from .profile import Profile
+from .schedules import FunctionOfEpoch, step_decay  # noqa: F401 - step_decay lived here first
 
 
 def accuracy(scores: np.ndarray, t: np.ndarray) -> float:
     """Fraction of rows whose arg-max matches ``t`` (labels, or one-hot/soft targets)."""
     labels = t if t.ndim == 1 else np.argmax(t, axis=1)
     return float(np.mean(np.argmax(scores, axis=1) == labels)) if len(labels) else math.nan
-
-
-def step_decay(lr: float, every: int, gamma: float = 0.1):
-    """A learning-rate schedule for ``Trainer.fit``: ``lr`` for the first ``every`` epochs,
-    then ``lr * gamma``, then ``lr * gamma**2``, ... (PyTorch's StepLR)."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"step_decay: every must be an int >= 1, got {every!r}")
-    if not (lr >= 0 and gamma > 0):
-        raise ValueError(f"step_decay: need lr >= 0 and gamma > 0, got lr={lr!r}, gamma={gamma!r}")
-    return lambda epoch: lr * gamma ** ((epoch - 1) // every)
 
 
 class NonFiniteError(FloatingPointError):
@@ -171,10 +164,13 @@ class _Schema:
 
         raise CheckpointError(f"{self.path}: {message}")
 
-    def obj(self, value, where: str, keys: set[str]) -> dict:
-        if not isinstance(value, dict) or set(value) != keys:
+    def obj(self, value, where: str, keys: set[str], optional: frozenset[str] = frozenset()) -> dict:
+        """``value`` as an object with ``keys``, and perhaps some of ``optional`` (keys that
+        checkpoints written before they existed lack)."""
+        if not isinstance(value, dict) or not keys <= set(value) <= keys | optional:
             got = sorted(value) if isinstance(value, dict) else type(value).__name__
-            self.fail(f"{where} must be an object with keys {sorted(keys)}, got {got}")
+            want = sorted(keys) + [f"{k} (optional)" for k in sorted(optional)]
+            self.fail(f"{where} must be an object with keys {want}, got {got}")
         return value
 
     def check(self, ok: bool, where: str, want: str, value) -> None:
@@ -213,13 +209,18 @@ class _Run:
     correct: int = 0
     seen: int = 0
     seconds: float = 0.0
+    # The epoch's gradient-clipping sums: [sum of pre-clip norms, steps measured, steps
+    # rescaled, entries clamped, steps clamped].
+    clip: list = field(default_factory=lambda: [0.0, 0, 0, 0, 0])
 
     _SCALARS = ("first_epoch", "key", "validation_split", "data", "batch_size", "best_value", "waited",
-                "epoch", "step", "loss_sum", "correct", "seen", "seconds")
+                "epoch", "step", "loss_sum", "correct", "seen", "seconds", "clip")
+    _OPTIONAL = frozenset({"clip"})
 
     def start_epoch(self, epoch: int, order: np.ndarray) -> None:
         self.epoch, self.order = epoch, order
         self.step, self.loss_sum, self.correct, self.seen, self.seconds = 0, 0.0, 0, 0, 0.0
+        self.clip = [0.0, 0, 0, 0, 0]
 
     def end_epoch(self) -> None:
         self.start_epoch(None, None)
@@ -227,9 +228,32 @@ class _Run:
     def state(self) -> dict:
         return {name: getattr(self, name) for name in self._SCALARS}
 
+    def count_clipping(self, optimizer) -> None:
+        """Adds the last optimizer step's clipping to the epoch's sums."""
+        if optimizer.grad_norm is not None:
+            self.clip[0] += optimizer.grad_norm
+            self.clip[1] += 1
+            self.clip[2] += int(optimizer.rescaled)
+        if optimizer.clamped is not None:
+            self.clip[3] += optimizer.clamped
+            self.clip[4] += 1
+
+    def clip_record(self, entries: int) -> dict:
+        """The history keys of the epoch's clipping: ``grad_norm`` (the mean global gradient
+        norm before clipping), ``clipped_steps`` (the fraction of steps rescaled by clip_norm)
+        and ``clipped_entries`` (the fraction of gradient entries clamped by clip_value)."""
+        norm_sum, norm_steps, rescaled, clamped, value_steps = self.clip
+        out = {}
+        if norm_steps:
+            out["grad_norm"], out["clipped_steps"] = norm_sum / norm_steps, rescaled / norm_steps
+        if value_steps:
+            out["clipped_entries"] = clamped / (value_steps * entries)
+        return out
+
     @classmethod
     def from_state(cls, bad: _Schema, d, arrays: dict, model_state: dict, epochs_done: int) -> _Run:
-        d = bad.obj(d, "trainer.run", set(cls._SCALARS))
+        d = bad.obj(d, "trainer.run", set(cls._SCALARS) - cls._OPTIONAL, cls._OPTIONAL)
+        d = {"clip": [0.0, 0, 0, 0, 0], **d}
         arrays = dict(arrays)
         c = bad.check
         c(_is_int(d["first_epoch"]) and 1 <= d["first_epoch"] <= epochs_done + 1, "trainer.run.first_epoch",
@@ -249,13 +273,17 @@ class _Run:
             c(_is_int(d[name]) and d[name] >= 0, f"trainer.run.{name}", "an int >= 0", d[name])
         for name in ("loss_sum", "seconds"):
             c(_is_real(d[name]), f"trainer.run.{name}", "a number", d[name])
+        clip = d["clip"]
+        c(isinstance(clip, list) and len(clip) == 5 and _is_real(clip[0])
+          and all(_is_int(v) and v >= 0 for v in clip[1:]) and clip[2] <= clip[1], "trainer.run.clip",
+          "[a number, then four ints >= 0]", clip)
         run = cls(**{name: d[name] for name in cls._SCALARS}, split=None)
         if vs is not None:
             run.split = bad.permutation(arrays, "split")
         if epoch is not None:
             run.order = bad.permutation(arrays, "order")
             c(run.correct <= run.seen <= len(run.order), "trainer.run.seen", f"in [correct, {len(run.order)}]", run.seen)
-        elif run.step or run.seen or run.correct or run.loss_sum:
+        elif run.step or run.seen or run.correct or run.loss_sum or any(run.clip):
             bad.fail("trainer.run holds a position inside an epoch but no epoch")
         best = {k[len("best/") :]: arrays.pop(k) for k in list(arrays) if k.startswith("best/")}
         if best:
@@ -283,7 +311,9 @@ class Trainer:
     ``history`` holds one dict per epoch: ``epoch``, ``loss`` (mean training loss including
     the weight penalty), ``train_accuracy`` (on the batches as they were trained),
     ``val_loss`` and ``val_accuracy`` (when there is validation data), ``lr`` (the optimizer's
-    learning rate during the epoch) and ``seconds``.
+    learning rate at the epoch's last step) and ``seconds``; with gradient clipping also
+    ``grad_norm``, ``clipped_steps`` and ``clipped_entries`` (see ``fit``), and whatever keys
+    callbacks add. ``stop_training``, set by a callback, ends ``fit`` after the current epoch.
 
     ``profile=True`` times every training step layer by layer (``fastlayers.profile``):
     ``trainer.profile`` then accumulates per-layer forward and backward times, FLOP rates and
@@ -339,6 +369,10 @@ class Trainer:
         # Seeded from both draws above rather than by a third draw, which would move self.rng.
         self._augment_rng = np.random.default_rng([int(shuffle_seed), int(dropout_seed)])
         self.stop_reason: str | None = None
+        # Set by a callback to end the run after the current epoch; _stop_by names who set it.
+        self.stop_training = False
+        self._stop_by: str | None = None
+        self._callbacks: list[Callback] = []
         self.check_finite = bool(check_finite)
         self._buffers = _BufferSnapshot(model)
         self._where: tuple[int, int] | None = None  # (epoch, step) while fit runs a step
@@ -429,17 +463,29 @@ class Trainer:
         checkpoint=None,
         checkpoint_every: int | None = None,
         resume: bool = False,
+        callbacks=None,
     ) -> list[dict]:
         """Trains for ``epochs`` passes over ``(x, t)``; returns ``history``.
 
         Each epoch visits every sample exactly once in a fresh random order (the textbook
         samples batches with replacement instead); the last batch holds the remainder when
         ``batch_size`` does not divide the sample count; ``shuffle=False`` keeps the given
-        order instead (for comparisons that must feed identical batches). ``lr_schedule``, a
-        function of the epoch number (1, 2, ...; counted over every ``fit`` of this trainer),
-        sets ``optimizer.lr`` before each epoch, e.g. ``step_decay(1e-3, every=10)``; each
-        history record keeps the ``lr`` it trained with. ``validation_split`` holds out that
+        order instead (for comparisons that must feed identical batches). ``lr_schedule`` is a
+        schedule of ``fastlayers.schedules`` (``StepDecay``, ``ExponentialDecay``,
+        ``CosineAnnealing``, per epoch or per step, or ``ReduceOnPlateau``) or a function of
+        the epoch number (1, 2, ...; counted over every ``fit`` of this trainer) that sets
+        ``optimizer.lr`` before each epoch, e.g. ``step_decay(1e-3, every=10)``; each history
+        record keeps the ``lr`` of the epoch's last step. ``validation_split`` holds out that
         fraction of ``(x, t)`` (chosen at random, once) as validation data.
+
+        ``callbacks``: a list of ``fastlayers.Callback`` whose hooks run at the start and end of
+        the fit, of each epoch and of each step (see ``fastlayers.callbacks``); the
+        ``lr_schedule`` runs first, as if it led the list. A callback may add keys to the
+        epoch's record and end the run after the current epoch with
+        ``trainer.stop_training = True``. With an optimizer that clips gradients, each record
+        also holds ``grad_norm`` and ``clipped_steps`` (``clip_norm``: the epoch's mean global
+        gradient norm before clipping, the fraction of its steps rescaled) and
+        ``clipped_entries`` (``clip_value``: the fraction of gradient entries clamped).
 
         Early stopping: with ``patience`` set, training stops once that many consecutive
         epochs bring no improvement of ``monitor`` (``"val_loss"`` or ``"val_accuracy"``; without
@@ -450,8 +496,9 @@ class Trainer:
         see ``fastlayers.checkpoint``) at the end of every epoch, and also after every
         ``checkpoint_every`` optimizer steps inside an epoch if that is set: the model, the
         optimizer, every random generator, the position in the run (epoch, step, the epoch's
-        order of samples, the running loss and accuracy), the validation split, the history
-        and the early-stopping state. ``resume=True`` continues from that file when it exists
+        order of samples, the running loss and accuracy), the validation split, the history,
+        the early-stopping state and the state of every callback that has one (the
+        ``ReduceOnPlateau`` schedule's included). ``resume=True`` continues from that file when it exists
         (and starts afresh when it does not, so the same call serves the first run and every
         restart): the model, optimizer and generators are overwritten with the saved ones, and
         the run goes on exactly as if it had not been interrupted, bit for bit (the optimizer's
@@ -483,8 +530,21 @@ class Trainer:
                 raise ValueError("fit: the validation data holds no samples")
         if len(x) == 0:
             raise ValueError("fit: no training samples")
-        if lr_schedule is not None and not callable(lr_schedule):
-            raise TypeError(f"fit: lr_schedule must be a function of the epoch number, got {type(lr_schedule).__name__}")
+        if lr_schedule is not None and not callable(lr_schedule) and not isinstance(lr_schedule, Callback):
+            raise TypeError(f"fit: lr_schedule must be a schedule or a function of the epoch number, got "
+                            f"{type(lr_schedule).__name__}")
+        if callbacks is None:
+            callbacks = []
+        if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"fit: callbacks must be a list of Callback, got {type(callbacks).__name__}")
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"fit: callbacks[{i}] must be a fastlayers.Callback, got {type(cb).__name__}")
+        if lr_schedule is not None:
+            callbacks = [lr_schedule if isinstance(lr_schedule, Callback) else FunctionOfEpoch(lr_schedule),
+                         *callbacks]
+        if len({id(cb) for cb in callbacks}) != len(callbacks):
+            raise ValueError("fit: the same callback is given twice (in callbacks, or as lr_schedule and in callbacks)")
         if monitor not in ("val_loss", "val_accuracy"):
             raise ValueError(f"fit: monitor must be 'val_loss' or 'val_accuracy', got {monitor!r}")
         if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
@@ -504,6 +564,7 @@ class Trainer:
         self._buffers = _BufferSnapshot(self.model)
         path = Path(checkpoint) if checkpoint is not None else None
         data = _fingerprint(x, t) if path is not None else None
+        self._callbacks = list(callbacks)
         run = None
         if resume and path.exists():
             run = self._resume(path, data, len(x), batch_size, validation_split, key)
@@ -512,6 +573,7 @@ class Trainer:
             run = _Run(first_epoch=len(self.history) + 1, key=key, validation_split=validation_split, split=split,
                        data=data, batch_size=batch_size)
             self.stop_reason = None
+            self.stop_training, self._stop_by = False, None
         if run.split is not None:
             n_val = int(round(len(x) * run.validation_split))
             validation = (x[run.split[:n_val]], t[run.split[:n_val]])
@@ -521,12 +583,12 @@ class Trainer:
         last_epoch = run.first_epoch + epochs - 1
         first = run.epoch if run.epoch is not None else len(self.history) + 1
 
+        self._hook("on_fit_begin")
         for epoch in range(first, last_epoch + 1):
             if self.stop_reason is not None:
                 break
             if run.epoch is None:
-                if lr_schedule is not None:
-                    self.optimizer.lr = lr_schedule(epoch)
+                self._hook("on_epoch_begin", epoch)
                 order = self._shuffle_rng.permutation(len(x)) if shuffle else np.arange(len(x))
                 run.start_epoch(epoch, order.astype(np.int64, copy=False))
             record = self._train_epoch(x, t, run, last_epoch, path, checkpoint_every)
@@ -534,6 +596,7 @@ class Trainer:
                 val = self.evaluate(*validation, batch_size=max(batch_size, 256))
                 record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
             self.history.append(record)
+            self._hook("on_epoch_end", record)
             self._report(record)
             if patience is not None:
                 value = record[key]
@@ -547,8 +610,11 @@ class Trainer:
                         self.stop_reason = f"no improvement of {key} for {run.waited} epochs"
                         if run.best_state is not None:
                             self.model.load_state_dict(run.best_state)
+            if self.stop_training and self.stop_reason is None:
+                self.stop_reason = f"stop_training set by {self._stop_by or 'a callback'} in epoch {epoch}"
             if path is not None:
                 self._save_checkpoint(path, run)
+        self._hook("on_fit_end")
         if self.profile is not None and self._show():
             print(self.profile.table(), file=sys.stderr)
         return self.history
@@ -563,6 +629,7 @@ class Trainer:
         for s in range(run.step, steps):
             idx = order[s * batch_size : (s + 1) * batch_size]
             xb, tb = x[idx], t[idx]
+            self._hook("on_batch_begin", s + 1)
             if self.augment is not None:
                 xb = self.augment(xb, self._augment_rng)
             self._where = (epoch, s + 1)
@@ -574,6 +641,8 @@ class Trainer:
             run.correct += int(round(accuracy(scores, tb) * len(idx)))
             run.seen += len(idx)
             run.step = s + 1
+            run.count_clipping(self.optimizer)
+            self._hook("on_batch_end", s + 1, loss)
             if bar is not None:
                 bar.set_postfix(loss=f"{run.loss_sum / run.seen:.4f}", acc=f"{run.correct / run.seen:.3f}", refresh=False)
                 bar.update(1)
@@ -588,8 +657,16 @@ class Trainer:
             bar.close()
         record = {"epoch": epoch, "loss": float(run.loss_sum / run.seen), "train_accuracy": run.correct / run.seen,
                   "lr": self.optimizer.lr, "seconds": run.seconds}
+        record.update(run.clip_record(sum(p.data.size for p in self.optimizer.params)))
         run.end_epoch()
         return record
+
+    def _hook(self, name: str, *args) -> None:
+        """Calls hook ``name`` of every callback in order, noting which one asks to stop."""
+        for cb in self._callbacks:
+            getattr(cb, name)(self, *args)
+            if self.stop_training and self._stop_by is None:
+                self._stop_by = f"{type(cb).__name__}.{name}"
 
     # -- checkpoints ---------------------------------------------------------------------
     def _generators(self) -> dict[str, np.random.Generator]:
@@ -610,6 +687,8 @@ class Trainer:
             "history": self.history,
             "stop_reason": self.stop_reason,
             "run": run.state(),
+            "callbacks": [{"type": type(cb).__name__, "state": st} for cb, st in self._callback_states()],
+            "stop_training": (self._stop_by or "a callback") if self.stop_training else None,
         }
         if self.augment is not None:
             state["augment"] = self.augment.config()
@@ -621,6 +700,16 @@ class Trainer:
         if run.best_state is not None:
             arrays.update({"best/" + name: a for name, a in run.best_state.items()})
         _write(path, self.model, self.optimizer, trainer=(state, arrays))
+
+    def _callback_states(self) -> list[tuple[Callback, object]]:
+        """The callbacks that have state, with it."""
+        out = []
+        for cb in self._callbacks:
+            st = cb.state_dict()
+            if st is not None:
+                # A copy: a callback may hand out its own objects, which loading would then change.
+                out.append((cb, copy.deepcopy(st)))
+        return out
 
     def _resume(self, path: Path, data: dict, samples: int, batch_size: int, validation_split, key: str) -> _Run:
         """Reads the training checkpoint at ``path``, checks all of it against this trainer and
@@ -640,11 +729,10 @@ class Trainer:
         if optimizer_state is None:
             raise CheckpointError(f"{path}: holds no optimizer state")
         bad = _Schema(path)
-        keys = {"rng", "history", "stop_reason", "run"}
-        # Only an augmented run writes "augment": checkpoints from before it still load.
-        if isinstance(state, dict) and "augment" in state:
-            keys.add("augment")
-        state = bad.obj(state, "trainer", keys)
+        # Checkpoints written before callbacks and augmentation existed lack those keys and
+        # still load; only an augmented run writes "augment".
+        state = bad.obj(state, "trainer", {"rng", "history", "stop_reason", "run"},
+                        frozenset({"callbacks", "stop_training", "augment"}))
         augment = self.augment.config() if self.augment is not None else None
         if state.get("augment") != augment:
             raise CheckpointError(
@@ -661,6 +749,13 @@ class Trainer:
         if stop_reason is not None and not isinstance(stop_reason, str):
             raise CheckpointError(f"{path}: trainer.stop_reason must be a string or null")
         run = _Run.from_state(bad, state["run"], contents.trainer_arrays(), model_state, len(history))
+        saved_callbacks = state.get("callbacks", [])
+        if not (isinstance(saved_callbacks, list)
+                and all(isinstance(e, dict) and set(e) == {"type", "state"} for e in saved_callbacks)):
+            raise CheckpointError(f"{path}: trainer.callbacks must be a list of {{type, state}} objects")
+        stop_training = state.get("stop_training")
+        if stop_training is not None and not isinstance(stop_training, str):
+            raise CheckpointError(f"{path}: trainer.stop_training must be a string or null")
 
         # The call must continue the same run.
         if run.data != data:
@@ -691,11 +786,31 @@ class Trainer:
             if run.seen != min(run.step * batch_size, n_train):
                 raise CheckpointError(f"{path}: trainer.run.seen ({run.seen}) does not match its step ({run.step})")
 
-        # Everything is checked; the optimizer is the one part that validates itself, so it goes first.
+        mine = self._callback_states()
+        if [type(cb).__name__ for cb, _ in mine] != [e["type"] for e in saved_callbacks]:
+            raise CheckpointError(
+                f"fit: resume from {path}: the run's callbacks with state are "
+                f"{[e['type'] for e in saved_callbacks]}, this call's {[type(cb).__name__ for cb, _ in mine]}"
+            )
+
+        # Everything is checked; the callbacks and the optimizer validate themselves, so they go
+        # first, and the callbacks are put back if any of them, or the optimizer, refuses.
+        loaded = []
         try:
-            self.optimizer.load_state_dict(optimizer_state)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
+            for (cb, before), entry in zip(mine, saved_callbacks):
+                try:
+                    cb.load_state_dict(entry["state"])
+                except (TypeError, ValueError, KeyError, NotImplementedError) as e:
+                    raise CheckpointError(f"{path}: the state of callback {entry['type']} does not fit: {e}") from None
+                loaded.append((cb, before))
+            try:
+                self.optimizer.load_state_dict(optimizer_state)
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
+        except CheckpointError:
+            for cb, before in loaded:
+                cb.load_state_dict(before)
+            raise
         self.model.load_state_dict(model_state)
         self.rng, self._shuffle_rng = new_gens.pop("seed"), new_gens.pop("shuffle")
         if self.augment is not None:
@@ -705,6 +820,7 @@ class Trainer:
             modules[int(name.split(".")[1])].rng = g
         self.history = history
         self.stop_reason = stop_reason
+        self.stop_training, self._stop_by = stop_training is not None, stop_training
         return run
 
     def _show(self) -> bool:

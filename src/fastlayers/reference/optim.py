@@ -23,6 +23,8 @@ __all__ = [
     "max_norm_update",
     "sum_squares",
     "sum_abs",
+    "scale_update",
+    "clamp_update",
 ]
 
 
@@ -202,3 +204,26 @@ def sum_abs(x) -> float:
     x = c.input(x, "x")
     return float(np.sum(np.abs(x), dtype=np.float64))
 
+
+
+def scale_update(x, alpha):
+    """x *= alpha in place; the product is formed in float64 and rounded once to x's dtype."""
+    c = Checker("scale_update")
+    x = c.input(x, "x")
+    c.writeable(x, "x")
+    alpha = c.finite(alpha, "alpha")
+    x[...] = (x.astype(np.float64) * alpha).astype(x.dtype)
+
+
+def clamp_update(x, limit) -> int:
+    """Clamps x in place to [-limit, limit], limit rounded to x's dtype; returns how many
+    entries lay outside (NaN stays NaN and is not counted)."""
+    c = Checker("clamp_update")
+    x = c.input(x, "x")
+    c.writeable(x, "x")
+    limit = _positive(c, limit, "limit")
+    with np.errstate(over="ignore", invalid="ignore"):  # a limit beyond float32's range becomes inf
+        bound = x.dtype.type(limit)
+        outside = int(np.count_nonzero(np.abs(x) > bound))
+    np.clip(x, -bound, bound, out=x)
+    return outside
