@@ -15,6 +15,7 @@ void bind_norm(py::module_& m);
 void bind_activations(py::module_& m);
 void bind_mse(py::module_& m);
 void bind_optim(py::module_& m);
+void bind_lbfgs(py::module_& m);
 }  // namespace fl::bind
 
 namespace {
@@ -80,4 +81,5 @@ PYBIND11_MODULE(_native, m) {
     fl::bind::bind_activations(m);
     fl::bind::bind_mse(m);
     fl::bind::bind_optim(m);
+    fl::bind::bind_lbfgs(m);
 }
