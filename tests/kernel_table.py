@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 
 from fastlayers import reference
 from fastlayers.backend import KERNEL_NAMES, _native
 
-from .tolerance import ULPS_ELEMENTWISE, assert_close_elementwise, assert_close_reduction, gamma, tiny
+from .tolerance import (
+    ULPS_ELEMENTWISE, assert_close_elementwise, assert_close_reduction, gamma, tiny, unit_roundoff,
+)
 
 F64 = np.float64
 
@@ -300,6 +303,15 @@ def _specs() -> dict:
              any_ndim=True),
         Spec("clamp_update", (A("x", INOUT, P), H("limit", POSITIVE, 0.5)), OPTIM_DIMS, sources=frozenset({"x"}),
              any_ndim=True, tol="clamp", returns=True),
+        Spec("dot", (A("x", IN, P), A("y", IN, P)), OPTIM_DIMS, sources=frozenset({"x"}), any_ndim=True, tol="dot",
+             returns=True),
+        Spec("max_abs", (A("x", IN, P),), OPTIM_DIMS, sources=frozenset({"x"}), any_ndim=True, tol="max_abs",
+             returns=True),
+        Spec("add_scaled_forward", (A("out", OUT, S), A("x", IN, S), A("y", IN, S), H("alpha", FINITE, -0.75)),
+             ELEMENTWISE_DIMS, sources=frozenset({"x"}), any_ndim=True),
+        Spec("lbfgs_direction", (A("d", OUT, "n"), A("g", IN, "n"), A("s", IN, "K, n"), A("y", IN, "K, n"),
+                                 A("rho", IN, "K", "positive"), H("gamma", POSITIVE, 0.5), H("first", NONNEG_INT, 1)),
+             dict(K=3, n=7), sources=frozenset({"g", "s"}), tol="lbfgs_direction", like="g"),
     ]
     return {spec.name: spec for spec in s}
 
@@ -683,6 +695,63 @@ def _clamp(spec, args, wg, ww, rg, rw, dtype):
     assert type(rg) is int and type(rw) is int and rg == rw, f"{spec.name}: returned {rg!r}, oracle {rw!r}"
 
 
+def _dot(spec, args, wg, ww, rg, rw, dtype):
+    # Both accumulate in float64; float32 products are exact there, float64 ones round once.
+    x, y = _f64(args["x"]), _f64(args["y"])
+    with np.errstate(all="ignore"):
+        mag = float(np.abs(x * y).sum())
+    assert isinstance(rg, float) and isinstance(rw, float), (type(rg), type(rw))
+    _close(rg, rw, mag, x.size + 1, np.float64, spec.name)
+
+
+def _max_abs(spec, args, wg, ww, rg, rw, dtype):
+    # A maximum is exact: the same number, NaN for NaN.
+    assert isinstance(rg, float) and isinstance(rw, float), (type(rg), type(rw))
+    assert rg == rw or (np.isnan(rg) and np.isnan(rw)), f"{spec.name}: {rg} vs {rw}"
+
+
+def lbfgs_direction_magnitude(g, s, y, rho, gamma, first) -> np.ndarray:
+    """The two-loop recursion run in float64 on the absolute values of its inputs with every
+    subtraction made an addition: for each entry of d, the sum of the absolute values of
+    the products of inputs that make it up. The recursion only adds and multiplies (rho and
+    gamma are inputs), so a computation that rounds L times along any path from the inputs
+    to d is within ((1+u)^L - 1) times this of the exact result (Higham, 3.1 and 3.3)."""
+    g, s, y, rho = (np.abs(_f64(a)) for a in (g, s, y, rho))
+    K = s.shape[0]
+    rows = [(first + j) % K for j in range(K)]
+    q, a = g.copy(), [0.0] * K
+    for j in reversed(range(K)):
+        i = rows[j]
+        a[j] = rho[i] * (s[i] @ q)
+        q = q + a[j] * y[i]
+    q = abs(gamma) * q
+    for j in range(K):
+        i = rows[j]
+        b = rho[i] * (y[i] @ q)
+        q = q + (a[j] + b) * s[i]
+    return q
+
+
+def lbfgs_direction_rounding(K: int, n: int, dtype) -> float:
+    """(1+u)^L_T (1+u_64)^L_64 - 1 for the roundings of lbfgs_direction along any path: in the
+    arrays' dtype, 3 per pair in each loop (the scalar cast to it, the product, the sum) and
+    2 for gamma (cast, product); in float64, per pair n in the first loop's dot product and
+    1 for rho, n in the second's, 1 for rho and 1 for a_j - b."""
+    u_t, u_64 = unit_roundoff(dtype), unit_roundoff(F64)
+    l_t, l_64 = 6 * K + 2, K * (2 * n + 3)
+    return math.expm1(l_t * math.log1p(u_t) + l_64 * math.log1p(u_64))
+
+
+def _lbfgs_direction(spec, args, wg, ww, rg, rw, dtype):
+    K, n = args["s"].shape
+    with np.errstate(all="ignore"):
+        mag = lbfgs_direction_magnitude(args["g"], args["s"], args["y"], args["rho"], args["gamma"], args["first"])
+    ok = _pattern(wg["d"], ww["d"], f"{spec.name}: d") & np.isfinite(mag)
+    bound = 2 * lbfgs_direction_rounding(K, n, dtype) * mag[ok] + tiny(dtype)
+    err = np.abs(_f64(wg["d"])[ok] - _f64(ww["d"])[ok])
+    assert (err <= bound).all(), f"{spec.name}: d beyond the rounding bound ({err.max():.3g} vs {bound.max():.3g})"
+
+
 CUSTOM = {
     "bn_train": _bn_train,
     "bn_eval": _bn_eval,
@@ -700,4 +769,7 @@ CUSTOM = {
     "adam": _adam,
     "sum": _sum,
     "clamp": _clamp,
+    "dot": _dot,
+    "max_abs": _max_abs,
+    "lbfgs_direction": _lbfgs_direction,
 }

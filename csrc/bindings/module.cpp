@@ -16,6 +16,7 @@ void bind_activations(py::module_& m);
 void bind_mse(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_warp(py::module_& m);
+void bind_lbfgs(py::module_& m);
 }  // namespace fl::bind
 
 namespace {
@@ -82,4 +83,5 @@ PYBIND11_MODULE(_native, m) {
     fl::bind::bind_mse(m);
     fl::bind::bind_optim(m);
     fl::bind::bind_warp(m);
+    fl::bind::bind_lbfgs(m);
 }

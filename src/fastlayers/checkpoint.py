@@ -459,7 +459,8 @@ def verify(path) -> dict[str, str]:
     contents, model, _ = _read_model(path)
     state = contents.optimizer_state()
     if state is not None:
-        cls = {c.__name__: c for c in (optim.SGD, optim.Momentum, optim.Nesterov, optim.AdaGrad, optim.RMSprop, optim.Adam)}
+        cls = {c.__name__: c for c in (optim.SGD, optim.Momentum, optim.Nesterov, optim.AdaGrad, optim.RMSprop, optim.Adam,
+                                        optim.LBFGS)}
         if state.get("type") in cls:
             try:
                 cls[state["type"]](model.parameters()).load_state_dict(state)

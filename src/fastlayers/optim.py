@@ -18,6 +18,7 @@ typical loop::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from . import backend
 from .parameter import Parameter
 
-__all__ = ["Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get", "NAMES"]
+__all__ = ["Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "LBFGS", "get", "NAMES"]
 
 _REGULARIZE = ("weights", "all")
 # Settings a state dict may lack because it was saved before they existed.
@@ -609,3 +610,359 @@ def get(name: str, params, **kw) -> Optimizer:
     if cls is None:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(NAMES)}")
     return cls(params, **kw)
+
+
+def _count(owner: str, name: str, v, low: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{owner}: {name} must be an int, got {type(v).__name__}")
+    if v < low:
+        raise ValueError(f"{owner}: {name} must be >= {low}, got {v}")
+    return int(v)
+
+
+_LINE_SEARCHES = ("strong_wolfe", None)
+# A pair whose curvature y.s is not above this is not stored (PyTorch's threshold): BFGS needs
+# y.s > 0 to keep H positive definite, and a tiny one would make rho = 1/(y.s) explode.
+_MIN_CURVATURE = 1e-10
+
+
+class LBFGS(Optimizer):
+    """L-BFGS (Nocedal & Wright, *Numerical Optimization*, Algorithm 7.5) for full-batch
+    training, with PyTorch's interface: ``loss = opt.step(closure)``, where ``closure()``
+    zeroes the gradients, runs forward and backward and returns the loss::
+
+        opt = fastlayers.optim.LBFGS(model.parameters(), history_size=10)
+        def closure():
+            opt.zero_grad()
+            loss = criterion.forward(model.forward(x, train=True), t)
+            model.backward(criterion.backward())
+            return loss
+        for _ in range(10):
+            opt.step(closure)
+
+    One ``step`` runs up to ``max_iter`` iterations and ``max_eval`` calls of the closure
+    (default ``max_iter * 5 // 4``) and returns the loss of its first call. Each iteration
+    takes the direction ``d = -H g`` of the two-loop recursion over the last
+    ``history_size`` pairs ``s = x_{k+1} - x_k``, ``y = g_{k+1} - g_k`` (H's initial matrix is
+    ``gamma*I``, ``gamma = y.s / y.y`` of the newest pair) and a step ``t`` along it: with
+    ``line_search="strong_wolfe"`` one that satisfies the strong Wolfe conditions
+    (``fastlayers.linesearch``: c1 = 1e-4, c2 = 0.9, first trial ``lr``, at most 25 closure
+    calls), with ``line_search=None`` the fixed ``t = lr``. The very first iteration, which
+    has no history, steps ``t = lr * min(1, 1/sum|g|)`` along ``-g``. A pair is stored only
+    when ``y.s > 1e-10``. The iteration stops early, as PyTorch's does, when
+    ``max|g| <= tolerance_grad``, when ``|t| * max|d| <= tolerance_change``, when the loss
+    changed by less than ``tolerance_change``, or when ``g.d > -tolerance_change`` (no
+    descent left). ``stop_reason`` says which ended the last step, ``line_searches`` holds
+    its line searches (:class:`fastlayers.linesearch.LineSearchResult`), ``evaluations``
+    counts every closure call and ``iterations`` every iteration since the start.
+
+    The history, the last direction, step and gradient, and the counters carry over from
+    one ``step`` to the next and are saved by ``state_dict``, so a run resumed from a
+    checkpoint continues bit for bit.
+
+    All parameters are one flat vector (one buffer, one kernel call per operation), so they
+    must share one dtype; float64 is the natural choice for L-BFGS. The closure must compute
+    the same function every time it is called within a step (the Trainer replays the step's
+    dropout masks). Weight decay, L1 and max-norm are not options here: put a penalty into
+    the loss the closure returns. A point where the loss or a gradient is not finite is
+    never accepted: the line search shortens the step instead, and without a line search
+    the iteration is undone and the step ends (``stop_reason`` says so). A closure whose
+    first call gives a non-finite loss or gradient makes ``step`` raise
+    ``FloatingPointError`` with nothing changed.
+    """
+
+    needs_closure = True
+
+    def __init__(self, params, lr: float = 1.0, max_iter: int = 20, max_eval: int | None = None,
+                 tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 10,
+                 line_search: str | None = "strong_wolfe"):
+        settings = self._settings(lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
+                                  tolerance_change=tolerance_change, history_size=history_size,
+                                  line_search=line_search)
+        super().__init__(params, settings.pop("lr"))
+        for name, value in settings.items():
+            setattr(self, name, value)
+        group = self._groups[0]
+        self._size, self._dtype = group.data.size, group.data.dtype
+        self._x0 = np.empty(self._size, self._dtype)  # the iteration's starting point
+        self._y_new = np.empty(self._size, self._dtype)  # g - g_prev, before it is known to be kept
+        self._allocate(self.history_size)
+        self.line_searches: list = []
+        self.stop_reason: str | None = None
+
+    @classmethod
+    def _settings(cls, *, lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size, line_search) -> dict:
+        owner = cls.__name__
+        max_iter = _count(owner, "max_iter", max_iter)
+        if line_search not in _LINE_SEARCHES:
+            raise ValueError(f"{owner}: line_search must be 'strong_wolfe' or None, got {line_search!r}")
+        return {
+            "lr": _positive(owner, "lr", lr),
+            "max_iter": max_iter,
+            "max_eval": max_iter * 5 // 4 if max_eval is None else _count(owner, "max_eval", max_eval),
+            "tolerance_grad": _at_least(owner, "tolerance_grad", tolerance_grad, 0),
+            "tolerance_change": _at_least(owner, "tolerance_change", tolerance_change, 0),
+            "history_size": _count(owner, "history_size", history_size),
+            "line_search": line_search,
+        }
+
+    def _allocate(self, history_size: int) -> None:
+        n, dtype = self._size, self._dtype
+        self._s = np.zeros((history_size, n), dtype)  # ring buffers of the pairs
+        self._y = np.zeros((history_size, n), dtype)
+        self._rho = np.zeros(history_size, dtype)  # 1/(y.s) per row
+        self._pairs = 0  # rows in use
+        self._first = 0  # the oldest row
+        self._d = np.zeros(n, dtype)  # the last direction
+        self._g_prev = np.zeros(n, dtype)  # the gradient where it was taken
+        self._t = 0.0  # the step taken along it (0: none)
+        self._gamma = 1.0
+        self.iterations = 0
+        self.evaluations = 0
+
+    @property
+    def lr(self) -> float:
+        """The first trial step of the line search (or the fixed step without one)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self._lr = _positive(type(self).__name__, "lr", value)
+
+    def _regularized(self, p: Parameter) -> bool:
+        # No penalties here, so the weights and the rest share one buffer.
+        return False
+
+    def _pack(self) -> bool:
+        owner = type(self).__name__
+        dtypes = [(i, p.data.dtype) for i, p in enumerate(self.params) if isinstance(p.data, np.ndarray)]
+        other = next(((i, dt) for i, dt in dtypes if dt != dtypes[0][1]), None)
+        if other is not None:
+            i, dt = other
+            raise TypeError(
+                f"{owner}: all parameters must share one dtype, as L-BFGS works on them as one flat vector; "
+                f"params[0] ({self.params[0].name!r}) is {dtypes[0][1]} but params[{i}] ({self.params[i].name!r}) "
+                f"is {dt} (build the model with one dtype, float64 for L-BFGS)"
+            )
+        if not super()._pack():
+            raise TypeError(
+                f"{owner}: every parameter must hold a writeable float32 or float64 array and a gradient of the "
+                "same shape and dtype"
+            )
+        return True
+
+    def _group(self) -> _Group:
+        """The one flat buffer, repacked first if something rebound a parameter's arrays."""
+        if not self._packed():
+            self._pack()
+        return self._groups[0]
+
+    def zero_grad(self) -> None:
+        self._group().grad.fill(0)
+
+    def hyper_parameters(self) -> dict:
+        return {"lr": self.lr, "max_iter": self.max_iter, "max_eval": self.max_eval,
+                "tolerance_grad": self.tolerance_grad, "tolerance_change": self.tolerance_change,
+                "history_size": self.history_size, "line_search": self.line_search}
+
+    # -- one step --------------------------------------------------------------------------
+    @staticmethod
+    def _loss_of(loss) -> float:
+        if isinstance(loss, bool) or not isinstance(loss, (int, float, np.integer, np.floating)):
+            raise TypeError(f"LBFGS: the closure must return the loss as a number, got {type(loss).__name__}")
+        return float(loss)
+
+    def _evaluate(self, closure) -> tuple[float, _Group]:
+        f = self._loss_of(closure())
+        self.evaluations += 1
+        return f, self._group()
+
+    def _remember_pair(self, k, g: np.ndarray) -> None:
+        """Stores the pair of the last iteration's step (s = t*d, y = g - g_prev) if its
+        curvature is positive, dropping the oldest when the history is full."""
+        k.add_scaled_forward(self._y_new, g, self._g_prev, -1.0)
+        ys = self._t * k.dot(self._y_new, self._d)
+        if not ys > _MIN_CURVATURE:
+            return
+        if self._pairs < len(self._rho):
+            row = self._pairs
+            self._pairs += 1
+        else:
+            row = self._first
+            self._first = (self._first + 1) % len(self._rho)
+        k.scale_forward(self._s[row], self._d, self._t)
+        np.copyto(self._y[row], self._y_new)
+        self._rho[row] = 1.0 / ys
+        self._gamma = ys / k.dot(self._y_new, self._y_new)
+
+    def step(self, closure=None):
+        """Up to ``max_iter`` L-BFGS iterations on the loss ``closure()`` returns; returns the
+        loss of the first call (at the parameters as they were)."""
+        if not callable(closure):
+            raise TypeError(
+                "LBFGS.step(closure) needs a closure: a function that zeroes the gradients, runs forward and "
+                "backward and returns the loss (opt.step(closure), as in PyTorch; see help(LBFGS))"
+            )
+        k = backend.kernels()
+        self._group()
+        first_loss = closure()
+        f, group = self._loss_of(first_loss), self._group()
+        g_max = k.max_abs(group.grad)
+        if not (math.isfinite(f) and math.isfinite(g_max)):
+            raise FloatingPointError(
+                f"LBFGS: the loss ({f}) or the gradient (max |g| = {g_max}) at the current parameters is not "
+                "finite; nothing was changed"
+            )
+        self.evaluations += 1
+        self.steps += 1
+        self.line_searches = []
+        evals = 1
+        self.stop_reason = "tolerance_grad"
+        if g_max <= self.tolerance_grad:
+            return first_loss
+        self.stop_reason = "max_iter"
+        for n_iter in range(1, self.max_iter + 1):
+            self.iterations += 1
+            g = group.grad
+            if self.iterations == 1:
+                k.scale_forward(self._d, g, -1.0)
+                self._pairs, self._first, self._gamma = 0, 0, 1.0
+            else:
+                self._remember_pair(k, g)
+                m = self._pairs
+                k.lbfgs_direction(self._d, g, self._s[:m], self._y[:m], self._rho[:m], self._gamma, self._first)
+            np.copyto(self._g_prev, g)
+            prev_loss = f
+            t = self.lr * min(1.0, 1.0 / k.sum_abs(g)) if self.iterations == 1 else self.lr
+            slope = k.dot(g, self._d)
+            if not slope < -self.tolerance_change:
+                # No step is taken, so the next pair must not pretend one was.
+                self._t = 0.0
+                self.stop_reason = "no descent direction (g.d > -tolerance_change)"
+                break
+            np.copyto(self._x0, group.data)
+            if self.line_search is None:
+                k.add_scaled_forward(group.data, self._x0, self._d, t)
+                self._t = t
+                if n_iter == self.max_iter:
+                    break  # as PyTorch: the last step is not evaluated
+                f_new, group = self._evaluate(closure)
+                evals += 1
+                if not (math.isfinite(f_new) and math.isfinite(k.max_abs(group.grad))):
+                    np.copyto(group.data, self._x0)
+                    np.copyto(group.grad, self._g_prev)
+                    self._t = 0.0
+                    self.stop_reason = "non-finite loss or gradient after the step; the step was undone"
+                    break
+                f = f_new
+            else:
+                t, f, group, used = self._line_search(k, closure, t, f, slope)
+                evals += used
+                if t == 0.0:
+                    np.copyto(group.data, self._x0)
+                    np.copyto(group.grad, self._g_prev)
+                    f = prev_loss
+                    self.stop_reason = "line search found no decrease"
+                    break
+            if n_iter == self.max_iter:
+                break
+            if evals >= self.max_eval:
+                self.stop_reason = "max_eval"
+                break
+            if k.max_abs(group.grad) <= self.tolerance_grad:
+                self.stop_reason = "tolerance_grad"
+                break
+            if abs(t) * k.max_abs(self._d) <= self.tolerance_change:
+                self.stop_reason = "tolerance_change (step)"
+                break
+            if abs(f - prev_loss) < self.tolerance_change:
+                self.stop_reason = "tolerance_change (loss)"
+                break
+        return first_loss
+
+    def _line_search(self, k, closure, t0: float, f0: float, slope0: float):
+        """A strong Wolfe step from the iteration's start x0 along d; leaves the parameters at
+        x0 + t*d with their gradient (or at x0 when t = 0). Returns (t, loss, group, calls)."""
+        from .linesearch import strong_wolfe
+
+        state = {"group": self._groups[0], "f": f0}
+
+        def phi(t: float) -> tuple[float, float]:
+            k.add_scaled_forward(state["group"].data, self._x0, self._d, t)
+            state["f"], state["group"] = self._evaluate(closure)
+            return state["f"], k.dot(state["group"].grad, self._d)
+
+        # Relative steps closer than the dtype's resolution land on the same parameters.
+        res = strong_wolfe(phi, f0, slope0, t0, t_tolerance=float(np.finfo(self._dtype).eps))
+        calls = res.evaluations
+        if res.t > 0 and not res.last:
+            # The search ended on a trial it did not keep: put the parameters and gradient
+            # at the step it chose.
+            f, slope = phi(res.t)
+            calls += 1
+            res = dataclasses.replace(res, f=f, slope=slope, evaluations=calls, last=True)
+        self._t = res.t
+        self.line_searches.append(res)
+        return res.t, res.f, state["group"], calls
+
+    # -- state -----------------------------------------------------------------------------
+    _ARRAYS = ("history.s", "history.y", "history.rho", "direction", "previous_gradient")
+    _COUNTERS = ("step", "iterations", "evaluations", "pairs", "first")
+
+    def state_dict(self) -> dict:
+        """``type``, the settings, the counters (``step``, ``iterations``, ``evaluations``),
+        the history's ring position (``pairs``, ``first``), ``t`` and ``gamma`` as Python
+        scalars; the history (``history.s``, ``history.y`` (history_size, n),
+        ``history.rho``), the last direction and the gradient it was taken at as copies."""
+        return {"type": type(self).__name__, **self.hyper_parameters(), "step": self.steps,
+                "iterations": self.iterations, "evaluations": self.evaluations, "pairs": self._pairs,
+                "first": self._first, "t": self._t, "gamma": self._gamma,
+                "history.s": self._s.copy(), "history.y": self._y.copy(), "history.rho": self._rho.copy(),
+                "direction": self._d.copy(), "previous_gradient": self._g_prev.copy()}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restores what ``state_dict`` returned (the settings included); any mismatch raises
+        ValueError naming the key and leaves the optimizer unchanged."""
+        owner = type(self).__name__
+        if not isinstance(d, dict):
+            raise TypeError(f"{owner}: state dict must be a dict, got {type(d).__name__}")
+        keys = ("type", *self.hyper_parameters(), *self._COUNTERS, "t", "gamma", *self._ARRAYS)
+        missing = [key for key in keys if key not in d]
+        if missing:
+            raise ValueError(f"{owner}: state dict is missing key {missing[0]!r}")
+        unexpected = [key for key in d if key not in keys]
+        if unexpected:
+            raise ValueError(f"{owner}: state dict has unexpected key {unexpected[0]!r}")
+        if d["type"] != owner:
+            raise ValueError(f"{owner}: key 'type' is {d['type']!r}, expected {owner!r}")
+        try:
+            settings = self._settings(**{name: d[name] for name in self.hyper_parameters()})
+            counters = {name: _count(owner, name, d[name], 0) for name in self._COUNTERS}
+            t = _at_least(owner, "t", d["t"], 0)
+            gamma = _positive(owner, "gamma", d["gamma"])
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        m, n = settings["history_size"], self._size
+        shapes = {"history.s": (m, n), "history.y": (m, n), "history.rho": (m,), "direction": (n,),
+                  "previous_gradient": (n,)}
+        for key, shape in shapes.items():
+            a = d[key]
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{owner}: key {key!r} must be a numpy.ndarray, got {type(a).__name__}")
+            if a.shape != shape or a.dtype != self._dtype:
+                raise ValueError(f"{owner}: key {key!r} has shape {a.shape} and dtype {a.dtype}; "
+                                 f"expected {shape} and {self._dtype}")
+        pairs, first = counters["pairs"], counters["first"]
+        if pairs > m:
+            raise ValueError(f"{owner}: key 'pairs' is {pairs}, more than history_size {m}")
+        if first >= (m if pairs == m else 1):
+            raise ValueError(f"{owner}: key 'first' is {first}; expected 0, or < history_size once the history "
+                             f"is full (pairs = {pairs})")
+        self.lr = settings.pop("lr")
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self._allocate(m)
+        for key, a in zip(self._ARRAYS, (self._s, self._y, self._rho, self._d, self._g_prev)):
+            np.copyto(a, d[key])
+        self.steps, self.iterations, self.evaluations = counters["step"], counters["iterations"], counters["evaluations"]
+        self._pairs, self._first, self._t, self._gamma = pairs, first, t, gamma

@@ -357,6 +357,9 @@ class Trainer:
         self.loss = loss
         self.optimizer = optimizer
         self.verbose = verbose
+        if profile and getattr(optimizer, "needs_closure", False):
+            raise TypeError(f"Trainer: profile=True times one forward and backward per step, and a "
+                            f"{type(optimizer).__name__} step runs several; train without profile")
         self.profile: Profile | None = Profile(model, loss, optimizer) if profile else None
         self.history: list[dict] = []
         self.rng = as_generator(seed)
@@ -383,6 +386,8 @@ class Trainer:
 
         Raises :class:`NonFiniteError`, with nothing updated, when the loss or a gradient is
         not finite. With ``check_finite=False`` only the loss is checked, after the update."""
+        if getattr(self.optimizer, "needs_closure", False):
+            return self._closure_step(x, t)
         if not self.check_finite:
             loss, scores = self._unchecked_step(x, t)
             if not math.isfinite(loss):
@@ -400,6 +405,36 @@ class Trainer:
         self._check_finite(loss)
         self.optimizer.step()
         return loss, scores
+
+    def _closure_step(self, x, t):
+        """One step of an optimizer that evaluates the batch's loss several times (LBFGS):
+        its ``step`` gets a closure running forward and backward on the batch. The loss and
+        scores returned are those of the first call, before any update, which is also the
+        one the non-finite check reads (LBFGS itself never accepts a non-finite point). Every
+        call runs with the first call's dropout masks, so the closure is one function of the
+        weights; the generators end where one forward pass leaves them."""
+        gens = [g for name, g in self._generators().items() if name.startswith("module.")]
+        start = [g.bit_generator.state for g in gens]
+        first: dict = {}
+        if self.check_finite:
+            self._buffers.take()
+
+        def closure():
+            if first:
+                for g, state in zip(gens, start):
+                    g.bit_generator.state = state
+            self.optimizer.zero_grad()
+            scores = self.model.forward(x, train=True)
+            loss = self.loss.forward(scores, t) + self.optimizer.penalty()
+            self.model.backward(self.loss.backward())
+            if not first:
+                first["scores"] = scores
+                if self.check_finite:
+                    self._check_finite(loss)
+            return loss
+
+        loss = self.optimizer.step(closure)
+        return float(loss), first["scores"]
 
     def _unchecked_step(self, x, t):
         if self.profile is not None:
