@@ -59,6 +59,9 @@ template <class T>
 double sum_squares(const T* x, i64 n);
 template <class T>
 double sum_abs(const T* x, i64 n);
+// Sum of (a - b)² over a, b (n), the difference and square formed in double.
+template <class T>
+double sum_squares_diff(const T* a, const T* b, i64 n);
 
 // ---- shared by the update kernels
 

@@ -6,9 +6,10 @@ Each function here has the same name and signature as its native twin in
 parameter gradients accumulate) and the shape of every argument.
 """
 
-from . import activations, conv, linear, losses, norm, optim
+from . import activations, conv, health, linear, losses, norm, optim
 from .activations import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
+from .health import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .norm import *  # noqa: F401,F403
@@ -21,4 +22,5 @@ __all__ = [
     *activations.__all__,
     *losses.__all__,
     *optim.__all__,
+    *health.__all__,
 ]

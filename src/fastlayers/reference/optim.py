@@ -23,6 +23,7 @@ __all__ = [
     "max_norm_update",
     "sum_squares",
     "sum_abs",
+    "sum_squares_diff",
 ]
 
 
@@ -202,3 +203,14 @@ def sum_abs(x) -> float:
     x = c.input(x, "x")
     return float(np.sum(np.abs(x), dtype=np.float64))
 
+
+
+def sum_squares_diff(a, b) -> float:
+    """Sum of (a - b)², the difference and its square formed in float64 (the size of an
+    update: the parameters after it against a copy from before)."""
+    c = Checker("sum_squares_diff")
+    a = c.input(a, "a")
+    b = c.input(b, "b", a, "a")
+    c.same_shape(b, "b", a, "a")
+    d = a.astype(np.float64).reshape(-1) - b.astype(np.float64).reshape(-1)
+    return float(np.dot(d, d))
