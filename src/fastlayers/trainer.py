@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .health import Monitor, Settings, format_health
 from .init import as_generator
 from .profile import Profile
 
@@ -213,9 +214,13 @@ class _Run:
     correct: int = 0
     seen: int = 0
     seconds: float = 0.0
+    # The health monitor's accumulators of the epoch, as saved (None: none saved) and as
+    # parsed against the model when resuming (see Trainer._resume).
+    health: dict | None = None
+    health_arrays: dict | None = None
 
     _SCALARS = ("first_epoch", "key", "validation_split", "data", "batch_size", "best_value", "waited",
-                "epoch", "step", "loss_sum", "correct", "seen", "seconds")
+                "epoch", "step", "loss_sum", "correct", "seen", "seconds", "health")
 
     def start_epoch(self, epoch: int, order: np.ndarray) -> None:
         self.epoch, self.order = epoch, order
@@ -225,12 +230,16 @@ class _Run:
         self.start_epoch(None, None)
 
     def state(self) -> dict:
-        return {name: getattr(self, name) for name in self._SCALARS}
+        # The health accumulators live in the trainer's monitor; _save_checkpoint adds them.
+        return {**{name: getattr(self, name) for name in self._SCALARS}, "health": None}
 
     @classmethod
     def from_state(cls, bad: _Schema, d, arrays: dict, model_state: dict, epochs_done: int) -> _Run:
+        if isinstance(d, dict) and "health" not in d:
+            d = {**d, "health": None}  # written before training health existed
         d = bad.obj(d, "trainer.run", set(cls._SCALARS))
         arrays = dict(arrays)
+        health_arrays = {k[len("health/") :]: arrays.pop(k) for k in list(arrays) if k.startswith("health/")}
         c = bad.check
         c(_is_int(d["first_epoch"]) and 1 <= d["first_epoch"] <= epochs_done + 1, "trainer.run.first_epoch",
           f"an int in [1, {epochs_done + 1}]", d["first_epoch"])
@@ -250,6 +259,11 @@ class _Run:
         for name in ("loss_sum", "seconds"):
             c(_is_real(d[name]), f"trainer.run.{name}", "a number", d[name])
         run = cls(**{name: d[name] for name in cls._SCALARS}, split=None)
+        if run.health is not None and epoch is None:
+            bad.fail("trainer.run holds health accumulators but no epoch")
+        if run.health is None and health_arrays:
+            bad.fail(f"unexpected tensor trainer/health/{sorted(health_arrays)[0]}")
+        run.health_arrays = health_arrays
         if vs is not None:
             run.split = bad.permutation(arrays, "split")
         if epoch is not None:
@@ -285,6 +299,14 @@ class Trainer:
     ``val_loss`` and ``val_accuracy`` (when there is validation data), ``lr`` (the optimizer's
     learning rate during the epoch) and ``seconds``.
 
+    ``health=True`` (or a :class:`fastlayers.health.Settings`) adds to every epoch's record a
+    ``health`` entry: per layer, the fraction of dead ReLU units, of saturated sigmoid and
+    tanh outputs, and each weight's mean update-to-weight ratio over the epoch's steps
+    (``fastlayers.health``); a verbose ``fit`` prints it under the epoch's line, flagging
+    layers with over half their units dead or saturated and update ratios outside [1e-4,
+    1e-2]. ``trainer.health`` is then the :class:`fastlayers.health.Monitor`. It changes no
+    trained number, and a resumed run's figures equal the uninterrupted run's.
+
     ``profile=True`` times every training step layer by layer (``fastlayers.profile``):
     ``trainer.profile`` then accumulates per-layer forward and backward times, FLOP rates and
     im2col workspace over all steps of ``fit`` (``trainer.profile.table()``,
@@ -306,7 +328,7 @@ class Trainer:
 
     def __init__(
         self, model, loss, optimizer, seed: int | None = 0, verbose: bool | None = None, profile: bool = False,
-        check_finite: bool = True,
+        check_finite: bool = True, health: bool | Settings = False,
     ):
         self.model = model
         # For a CNN the input gradient is a whole GEMM and col2im per step that nobody reads.
@@ -315,6 +337,10 @@ class Trainer:
         self.optimizer = optimizer
         self.verbose = verbose
         self.profile: Profile | None = Profile(model, loss, optimizer) if profile else None
+        if not isinstance(health, (bool, Settings)):
+            raise TypeError(f"Trainer: health must be a bool or a fastlayers.health.Settings, got {type(health).__name__}")
+        self.health: Monitor | None = (
+            Monitor(model, optimizer, health if isinstance(health, Settings) else None) if health else None)
         self.history: list[dict] = []
         self.rng = as_generator(seed)
         # Dropout masks come from their own stream so that changing the batch order
@@ -333,8 +359,15 @@ class Trainer:
 
         Raises :class:`NonFiniteError`, with nothing updated, when the loss or a gradient is
         not finite. With ``check_finite=False`` only the loss is checked, after the update."""
+        health = self.health
+        if health is None or (self._where is not None and (self._where[1] - 1) % health.settings.every):
+            return self._step(x, t, None)
+        with health.watch():
+            return self._step(x, t, health)
+
+    def _step(self, x, t, health: Monitor | None):
         if not self.check_finite:
-            loss, scores = self._unchecked_step(x, t)
+            loss, scores = self._unchecked_step(x, t, health)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"the training loss is {loss} at {self._at()}; the update has been applied (check_finite=False)"
@@ -342,23 +375,39 @@ class Trainer:
             return loss, scores
         self._buffers.take()
         if self.profile is not None:
-            return self.profile.train_step(x, t, before_update=self._check_finite)
-        self.optimizer.zero_grad()
-        scores = self.model.forward(x, train=True)
-        loss = self.loss.forward(scores, t) + self.optimizer.penalty()
-        self.model.backward(self.loss.backward())
-        self._check_finite(loss)
-        self.optimizer.step()
+            def before_update(loss):
+                self._check_finite(loss)
+                if health is not None:
+                    health.before_update()
+
+            loss, scores = self.profile.train_step(x, t, before_update=before_update)
+        else:
+            self.optimizer.zero_grad()
+            scores = self.model.forward(x, train=True)
+            loss = self.loss.forward(scores, t) + self.optimizer.penalty()
+            self.model.backward(self.loss.backward())
+            self._check_finite(loss)
+            if health is not None:
+                health.before_update()
+            self.optimizer.step()
+        if health is not None:
+            health.after_update()
         return loss, scores
 
-    def _unchecked_step(self, x, t):
+    def _unchecked_step(self, x, t, health: Monitor | None):
         if self.profile is not None:
-            return self.profile.train_step(x, t)
-        self.optimizer.zero_grad()
-        scores = self.model.forward(x, train=True)
-        loss = self.loss.forward(scores, t) + self.optimizer.penalty()
-        self.model.backward(self.loss.backward())
-        self.optimizer.step()
+            before = None if health is None else (lambda loss: health.before_update())
+            loss, scores = self.profile.train_step(x, t, before_update=before)
+        else:
+            self.optimizer.zero_grad()
+            scores = self.model.forward(x, train=True)
+            loss = self.loss.forward(scores, t) + self.optimizer.penalty()
+            self.model.backward(self.loss.backward())
+            if health is not None:
+                health.before_update()
+            self.optimizer.step()
+        if health is not None:
+            health.after_update()
         return loss, scores
 
     def _at(self) -> str:
@@ -513,6 +562,8 @@ class Trainer:
                     self.optimizer.lr = lr_schedule(epoch)
                 order = self._shuffle_rng.permutation(len(x)) if shuffle else np.arange(len(x))
                 run.start_epoch(epoch, order.astype(np.int64, copy=False))
+                if self.health is not None:
+                    self.health.reset()
             record = self._train_epoch(x, t, run, last_epoch, path, checkpoint_every)
             if validation is not None:
                 val = self.evaluate(*validation, batch_size=max(batch_size, 256))
@@ -570,6 +621,9 @@ class Trainer:
             bar.close()
         record = {"epoch": epoch, "loss": float(run.loss_sum / run.seen), "train_accuracy": run.correct / run.seen,
                   "lr": self.optimizer.lr, "seconds": run.seconds}
+        if self.health is not None:
+            record["health"] = self.health.record()
+            self.health.reset()
         run.end_epoch()
         return record
 
@@ -594,6 +648,9 @@ class Trainer:
         arrays = {}
         if run.order is not None:
             arrays["order"] = run.order
+            if self.health is not None:
+                state["run"]["health"], counts = self.health.state()
+                arrays.update({"health/" + key: a for key, a in counts.items()})
         if run.split is not None:
             arrays["split"] = run.split
         if run.best_state is not None:
@@ -659,6 +716,15 @@ class Trainer:
             if run.seen != min(run.step * batch_size, n_train):
                 raise CheckpointError(f"{path}: trainer.run.seen ({run.seen}) does not match its step ({run.step})")
 
+        health = None
+        if self.health is not None and run.order is not None:
+            if run.health is None:
+                # The run was saved without health: the figures of this epoch will cover the
+                # steps from here on (their "steps" says how many).
+                health = (0, {}, {})
+            else:
+                health = self.health.parse_state(run.health, run.health_arrays, bad.fail)
+
         # Everything is checked; the optimizer is the one part that validates itself, so it goes first.
         try:
             self.optimizer.load_state_dict(optimizer_state)
@@ -671,6 +737,8 @@ class Trainer:
             modules[int(name.split(".")[1])].rng = g
         self.history = history
         self.stop_reason = stop_reason
+        if health is not None:
+            self.health.load_state(health)
         return run
 
     def _show(self) -> bool:
@@ -691,6 +759,8 @@ class Trainer:
             parts += [f"val loss {record['val_loss']:.4f}", f"val acc {record['val_accuracy']:.4f}"]
         parts.append(f"{record['seconds']:.1f} s")
         print(" | ".join(parts), file=sys.stderr)
+        if "health" in record and self.health is not None:
+            print("  " + format_health(record["health"], self.health.settings), file=sys.stderr)
 
     # -- inference -----------------------------------------------------------------------
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
