@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="with --checkpoint: continue the run saved there, if the file exists; --epochs counts the "
                    "whole run")
+    t.add_argument("--health", action="store_true",
+                   help="per epoch: dead ReLU units, saturated sigmoid/tanh outputs and update-to-weight ratios")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -150,7 +152,8 @@ def _train(args) -> int:
     kwargs = {"weight_decay": args.weight_decay} if args.lr is None else {"lr": args.lr, "weight_decay": args.weight_decay}
     opt = optim.get(args.optimizer, model.parameters(), **kwargs)
     lr = opt.lr
-    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, seed=args.seed, verbose=False if args.quiet else None)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, seed=args.seed, verbose=False if args.quiet else None,
+                      health=args.health)
     log = sys.stderr if args.json else sys.stdout
     print(
         f"training {args.model} on {args.data} ({len(x_train)} train / {len(x_test)} test images), "
@@ -178,6 +181,13 @@ def _train(args) -> int:
         print(f"fastlayers: {e}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - start
+    if args.health and not trainer._show():
+        # A verbose trainer printed these under each epoch's line already.
+        from .health import format_health
+
+        for h in history:
+            if "health" in h:
+                print(f"epoch {h['epoch']} {format_health(h['health'], trainer.health.settings)}", file=log)
     test = trainer.evaluate(x_test, t_test)
     result = {
         "model": args.model,

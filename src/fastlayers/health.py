@@ -54,8 +54,11 @@ class Settings:
     """What counts as saturated, how often to look, and what the log flags.
 
     ``sigmoid = (low, high)``: a sigmoid output below ``low`` or above ``high`` is saturated.
-    ``tanh = t``: a tanh output with ``|y| > t`` is. ``every = k`` observes the first step of
-    each epoch and every k-th after it (1: every step). The log flags a layer with more than
+    ``tanh = t``: a tanh output with ``|y| > t`` is. ``every = k`` counts the activations of
+    the first step of each epoch and every k-th after it (1, the default: every step, as the
+    definition of a dead unit asks); ``ratio_every = k`` does the same for the update ratios
+    (10 by default: they cost a copy and two reductions over every weight, several times the
+    activation counts, and change slowly). The log flags a layer with more than
     ``dead_flag`` of its units dead, more than ``saturated_flag`` of its outputs saturated,
     or an update ratio outside ``ratio_range``.
     """
@@ -63,6 +66,7 @@ class Settings:
     sigmoid: tuple[float, float] = (0.01, 0.99)
     tanh: float = 0.99
     every: int = 1
+    ratio_every: int = 10
     dead_flag: float = 0.5
     saturated_flag: float = 0.5
     ratio_range: tuple[float, float] = (1e-4, 1e-2)
@@ -73,8 +77,10 @@ class Settings:
             raise ValueError(f"Settings: sigmoid must be (low, high) with 0 <= low < high <= 1, got {self.sigmoid!r}")
         if not 0.0 <= float(self.tanh) <= 1.0:
             raise ValueError(f"Settings: tanh must be in [0, 1], got {self.tanh!r}")
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(f"Settings: every must be an int >= 1, got {self.every!r}")
+        for name in ("every", "ratio_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"Settings: {name} must be an int >= 1, got {v!r}")
         lo, hi = (float(v) for v in self.ratio_range)
         if not 0.0 <= lo < hi:
             raise ValueError(f"Settings: ratio_range must be (low, high) with 0 <= low < high, got {self.ratio_range!r}")
@@ -133,8 +139,8 @@ class Monitor:
             monitor.after_update()           # update ratios; the step's figures count from here
 
     An exception before ``after_update`` discards the step. ``record()`` returns the figures
-    since the last ``reset()`` (``{"steps": n, "layers": {path: {...}}}``); ``optimizer``
-    may be None (activations only).
+    since the last ``reset()`` (``{"steps": n, "layers": {path: {...}}}``, ``n`` the steps
+    whose activations were counted); ``optimizer`` may be None (activations only).
     """
 
     def __init__(self, model: Layer, optimizer=None, settings: Settings | None = None):
@@ -143,6 +149,8 @@ class Monitor:
         self.model, self.optimizer = model, optimizer
         self.settings = settings or Settings()
         self._pending: list | None = None
+        self._watching = False
+        self._with_ratios = self._with_activations = True
         self._before: dict[int, np.ndarray] = {}
         self.reset()
 
@@ -164,6 +172,14 @@ class Monitor:
                 out.append((name, p))
         return out
 
+    def wants(self, step: int | None) -> tuple[bool, bool]:
+        """Whether step ``step`` of an epoch (0-based; None: outside an epoch, always) gets its
+        activations counted and its update ratios taken, by ``every`` and ``ratio_every``."""
+        if step is None:
+            return True, True
+        s = self.settings
+        return step % s.every == 0, step % s.ratio_every == 0
+
     def _see(self, name: str, layers: tuple, output: np.ndarray) -> None:
         for j, layer in enumerate(layers):
             if type(layer) is ReLU or (j == 0 and isinstance(layer, ReLU)):
@@ -173,20 +189,27 @@ class Monitor:
             self._pending.append((name, "sigmoid" if isinstance(layers[0], Sigmoid) else "tanh", output))
 
     @contextlib.contextmanager
-    def watch(self):
-        """Records the outputs of the watched layers during the block's forward passes; they
-        are counted by ``after_update`` (or ``commit``) and dropped if the block raises."""
-        if self._pending is not None:
+    def watch(self, activations: bool = True, ratios: bool = True):
+        """Records the outputs of the watched layers during the block's forward passes (unless
+        ``activations`` is False); they are counted by ``after_update`` (or ``commit``) and
+        dropped if the block raises. ``ratios=False``: the update ratios of this step are not
+        taken (``before_update`` and ``after_update`` skip them)."""
+        if self._watching:
             raise RuntimeError("Monitor.watch: already watching a step")
-        self._pending = []
+        self._watching, self._with_ratios, self._with_activations, self._pending = True, bool(ratios), bool(activations), []
         try:
-            with observe(self.model, self._see):
+            if activations:
+                with observe(self.model, self._see):
+                    yield self
+            else:
                 yield self
         finally:
-            self._pending = None
+            self._watching, self._with_ratios, self._with_activations, self._pending = False, True, True, None
 
     def before_update(self) -> None:
         """Copies the weights the optimizer is about to update."""
+        if not self._with_ratios:
+            return
         for _, p in self._weights():
             buf = self._before.get(id(p))
             if buf is None or buf.shape != p.data.shape or buf.dtype != p.data.dtype:
@@ -196,7 +219,7 @@ class Monitor:
     def after_update(self) -> None:
         """Adds the step: the update ratio of every weight and the recorded activations."""
         k = backend.kernels()
-        for name, p in self._weights():
+        for name, p in self._weights() if self._with_ratios else ():
             before = self._before[id(p)]
             w2 = k.sum_squares(before)
             if w2 > 0.0:
@@ -207,7 +230,7 @@ class Monitor:
 
     def commit(self) -> None:
         """Counts the activations recorded since ``watch`` began (or the last commit) as one step."""
-        if self._pending is None:
+        if not self._watching:
             raise RuntimeError("Monitor.commit: not watching a step")
         k = backend.kernels()
         s = self.settings
@@ -225,7 +248,8 @@ class Monitor:
                 k.count_outside(acc.counts, y, -s.tanh, s.tanh)
             acc.entries += y.size // max(y.shape[1], 1)
         self._pending.clear()
-        self.steps += 1
+        if self._with_activations:
+            self.steps += 1
 
     # -- report ------------------------------------------------------------------------------
     def record(self) -> dict:

@@ -360,9 +360,11 @@ class Trainer:
         Raises :class:`NonFiniteError`, with nothing updated, when the loss or a gradient is
         not finite. With ``check_finite=False`` only the loss is checked, after the update."""
         health = self.health
-        if health is None or (self._where is not None and (self._where[1] - 1) % health.settings.every):
+        activations, ratios = (False, False) if health is None else health.wants(
+            None if self._where is None else self._where[1] - 1)
+        if not (activations or ratios):
             return self._step(x, t, None)
-        with health.watch():
+        with health.watch(activations, ratios):
             return self._step(x, t, health)
 
     def _step(self, x, t, health: Monitor | None):
