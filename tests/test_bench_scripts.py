@@ -91,6 +91,15 @@ def test_step_guard_quick(tmp_path):
     assert [r["buffers"] for r in report["rows"]] == [0, 10]  # mlp-bn: five BatchNorms' running mean and variance
 
 
+def test_health_quick(tmp_path):
+    report = run(tmp_path, "health.py")
+    assert report["validation_passed"] is True
+    assert [r["network"] for r in report["rows"]] == ["simple-cnn", "mlp-bn"]
+    assert [(r["watched_outputs"], r["weights"]) for r in report["rows"]] == [(2, 3), (5, 6)]
+    for r in report["rows"]:
+        assert r["bookkeeping_us"] == pytest.approx(r["counts_us"] + r["ratios_us"] / r["ratio_every"])
+
+
 # The validation is what makes the timings mean something: it must notice a wrong result and
 # an output left unwritten.
 
