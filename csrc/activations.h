@@ -52,6 +52,11 @@ void tanh_forward(T* out, const T* x, i64 n);
 template <class T>
 void tanh_backward(T* dx, const T* dout, const T* y, i64 n);
 
+// ---- count_outside.cpp: x viewed as (N, C, S); counts (C) += the entries of each unit c
+// below lo or above hi (NaN never counts).
+template <class T>
+void count_outside(i64* counts, const T* x, i64 N, i64 C, i64 S, T lo, T hi);
+
 // ---- hardtanh.cpp: clip to [lo, hi]
 template <class T>
 void hardtanh_forward(T* out, const T* x, T lo, T hi, i64 n);

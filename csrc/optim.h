@@ -59,6 +59,9 @@ template <class T>
 double sum_squares(const T* x, i64 n);
 template <class T>
 double sum_abs(const T* x, i64 n);
+// Sum of (a - b)² over a, b (n), the difference and square formed in double.
+template <class T>
+double sum_squares_diff(const T* a, const T* b, i64 n);
 
 // ---- scale_update.cpp
 // x (n) *= alpha, the product formed in double and rounded to T once (clipping by norm).

@@ -1,4 +1,5 @@
-// Weight penalties: sum of squares (L2) and sum of absolute values (L1), in double.
+// Weight penalties: sum of squares (L2) and sum of absolute values (L1), in double; and the
+// sum of squared differences of two arrays (the size of an optimizer's update).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -42,7 +43,41 @@ double blocked_sum(const T* x, i64 n, F f) {
     return total;
 }
 
+// The same blocks and lanes over the differences of two arrays, formed in double.
+template <class T>
+double block_sum_diff(const T* a, const T* b, i64 n) {
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const i64 n8 = n - n % 8;
+    for (i64 i = 0; i < n8; i += 8)
+        for (int j = 0; j < 8; ++j) {
+            const double d = static_cast<double>(a[i + j]) - static_cast<double>(b[i + j]);
+            lane[j] += d * d;
+        }
+    for (i64 i = n8; i < n; ++i) {
+        const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+        lane[i - n8] += d * d;
+    }
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 }  // namespace
+
+template <class T>
+double sum_squares_diff(const T* a, const T* b, i64 n) {
+    // a, b (n)
+    if (n <= kBlock) return block_sum_diff(a, b, n);
+    const i64 blocks = (n + kBlock - 1) / kBlock;
+    std::vector<double> partial(static_cast<size_t>(blocks));  // (blocks,)
+    parallel_chunks(blocks, [&](i64 b0, i64 b1) {
+        for (i64 k = b0; k < b1; ++k) {
+            const i64 i0 = k * kBlock, len = std::min(kBlock, n - i0);
+            partial[k] = block_sum_diff(a + i0, b + i0, len);
+        }
+    }, optim_detail::kMinPerThread / kBlock);
+    double total = 0.0;
+    for (i64 k = 0; k < blocks; ++k) total += partial[k];
+    return total;
+}
 
 template <class T>
 double sum_squares(const T* x, i64 n) {
@@ -58,5 +93,7 @@ template double sum_squares<float>(const float*, i64);
 template double sum_squares<double>(const double*, i64);
 template double sum_abs<float>(const float*, i64);
 template double sum_abs<double>(const double*, i64);
+template double sum_squares_diff<float>(const float*, const float*, i64);
+template double sum_squares_diff<double>(const double*, const double*, i64);
 
 }  // namespace fl

@@ -312,6 +312,10 @@ def _specs() -> dict:
         Spec("lbfgs_direction", (A("d", OUT, "n"), A("g", IN, "n"), A("s", IN, "K, n"), A("y", IN, "K, n"),
                                  A("rho", IN, "K", "positive"), H("gamma", POSITIVE, 0.5), H("first", NONNEG_INT, 1)),
              dict(K=3, n=7), sources=frozenset({"g", "s"}), tol="lbfgs_direction", like="g"),
+        Spec("sum_squares_diff", (A("a", IN, P), A("b", IN, P)), OPTIM_DIMS, sources=frozenset({"a"}), any_ndim=True,
+             tol="sum", returns=True, like="a"),
+        Spec("count_outside", (A("counts", IDX_OUT, "C"), A("x", IN, S), H("low", BOUND, -0.5), H("high", BOUND, 1.0)),
+             ELEMENTWISE_DIMS, sources=frozenset({"x"})),
     ]
     return {spec.name: spec for spec in s}
 
@@ -682,11 +686,16 @@ def _adam(spec, args, wg, ww, rg, rw, dtype):
 
 
 def _sum(spec, args, wg, ww, rg, rw, dtype):
-    x = _f64(args["x"])
+    # The terms are formed exactly or with one rounding in float64 (x*x, and for
+    # sum_squares_diff the difference, exact for float32 and rounded once for float64).
+    if spec.name == "sum_squares_diff":
+        x = _f64(args["a"]) - _f64(args["b"])
+    else:
+        x = _f64(args["x"])
     with np.errstate(all="ignore"):
-        mag = float((x * x).sum() if spec.name == "sum_squares" else np.abs(x).sum())
+        mag = float(np.abs(x).sum() if spec.name == "sum_abs" else (x * x).sum())
     assert isinstance(rg, float) and isinstance(rw, float), (type(rg), type(rw))
-    _close(rg, rw, mag, x.size + 1, np.float64, spec.name)
+    _close(rg, rw, mag, x.size + (2 if spec.name == "sum_squares_diff" else 1), np.float64, spec.name)
 
 
 def _clamp(spec, args, wg, ww, rg, rw, dtype):

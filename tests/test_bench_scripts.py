@@ -99,6 +99,15 @@ def test_augment_quick(tmp_path):
     assert report["share"] == pytest.approx(report["native_ms"] / report["augmented_step_ms"])
 
 
+def test_health_quick(tmp_path):
+    report = run(tmp_path, "health.py")
+    assert report["validation_passed"] is True
+    assert [r["network"] for r in report["rows"]] == ["simple-cnn", "mlp-bn"]
+    assert [(r["watched_outputs"], r["weights"]) for r in report["rows"]] == [(2, 3), (5, 6)]
+    for r in report["rows"]:
+        assert r["bookkeeping_us"] == pytest.approx(r["counts_us"] + r["ratios_us"] / r["ratio_every"])
+
+
 # The validation is what makes the timings mean something: it must notice a wrong result and
 # an output left unwritten.
 

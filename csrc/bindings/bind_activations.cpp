@@ -307,6 +307,35 @@ void bind_activations(py::module_& m) {
         py::arg("dx"), py::arg("dout"), py::arg("x"), py::arg("min_val"), py::arg("max_val"),
         "dx = dout strictly inside (min_val, max_val), else 0");
 
+    // ---- count_outside: per-unit counts of entries outside [low, high] (training health)
+    m.def(
+        "count_outside",
+        [](py::object counts_, py::object x_, py::object low_, py::object high_) {
+            Checker c{"count_outside"};
+            Arr x = input(c, x_, "x", std::nullopt, nullptr);
+            py::array counts = int64_array(c, counts_, "counts");
+            c.writeable(counts, "counts");
+            c.ndim_at_least(x.a, "x", 2);
+            c.shape(counts, "counts", {x.dim(1)});
+            const double lo = c.real(low_, "low"), hi = c.real(high_, "high");
+            // Written as "not (...)" so that a NaN bound is refused too.
+            if (!(lo <= hi))
+                c.value_error("argument 'low' must be less than or equal to 'high'; got low=" + repr(lo) +
+                              ", high=" + repr(hi));
+            c.outputs_distinct({{&counts, "counts"}}, {{&x.a, "x"}});
+            i64 S = 1;
+            for (py::ssize_t i = 2; i < x.a.ndim(); ++i) S *= x.dim(i);
+            auto* cnt = static_cast<i64*>(counts.mutable_data());
+            dispatch(x.dtype, [&](auto t) {
+                using T = decltype(t);
+                py::gil_scoped_release nogil;
+                // Bounds beyond the dtype's range become +-inf, like the oracle's.
+                count_outside<T>(cnt, x.ptr<T>(), x.dim(0), x.dim(1), S, vm::narrow<T>(lo), vm::narrow<T>(hi));
+            });
+        },
+        py::arg("counts"), py::arg("x"), py::arg("low"), py::arg("high"),
+        "counts (C,) int64 += per unit c (axis 1 of x) the entries below low or above high; NaN never counts");
+
     // ---- softmax over the last axis of (N, K)
     m.def(
         "softmax_forward",

@@ -261,6 +261,21 @@ void bind_optim(py::module_& m) {
             });
         },
         py::arg("x"), "sum of |x|, accumulated in float64");
+
+    m.def(
+        "sum_squares_diff",
+        [](py::object a_, py::object b_) {
+            Checker c{"sum_squares_diff"};
+            Arr a = input(c, a_, "a", std::nullopt, nullptr);
+            Arr b = input(c, b_, "b", a.dtype, "a");
+            c.same_shape(b.a, "b", a.a, "a");
+            return dispatch(a.dtype, [&](auto t) {
+                using T = decltype(t);
+                py::gil_scoped_release nogil;
+                return sum_squares_diff<T>(a.ptr<T>(), b.ptr<T>(), a.size());
+            });
+        },
+        py::arg("a"), py::arg("b"), "sum of (a - b)², the difference and its square formed in float64");
 }
 
 }  // namespace fl::bind

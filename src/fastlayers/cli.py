@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", type=_augment, default=None, metavar="SETTINGS",
                    help="random augmentation of every training batch, comma-separated: translate=PIXELS (or TX:TY), "
                    "rotate=DEGREES, scale=LO:HI, hflip, fill=VALUE; e.g. translate=2,rotate=10,scale=0.9:1.1")
+    t.add_argument("--health", action="store_true",
+                   help="per epoch: dead ReLU units, saturated sigmoid/tanh outputs and update-to-weight ratios")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -247,7 +249,7 @@ def _train(args) -> int:
         return 2
     lr = opt.lr
     trainer = Trainer(model, SoftmaxCrossEntropy(), opt, seed=args.seed, verbose=False if args.quiet else None,
-                      augment=args.augment)
+                      augment=args.augment, health=args.health)
     log = sys.stderr if args.json else sys.stdout
     print(
         f"training {args.model} on {args.data} ({len(x_train)} train / {len(x_test)} test images), "
@@ -276,6 +278,13 @@ def _train(args) -> int:
         print(f"fastlayers: {e}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - start
+    if args.health and not trainer._show():
+        # A verbose trainer printed these under each epoch's line already.
+        from .health import format_health
+
+        for h in history:
+            if "health" in h:
+                print(f"epoch {h['epoch']} {format_health(h['health'], trainer.health.settings)}", file=log)
     test = trainer.evaluate(x_test, t_test)
     result = {
         "model": args.model,

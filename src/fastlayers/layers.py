@@ -9,6 +9,7 @@ input of another dtype is refused rather than silently cast.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -39,6 +40,7 @@ __all__ = [
     "Maxout",
     "RBF",
     "Sequential",
+    "observe",
     "layer_from_config",
     "Relu",
     "BatchNormalization",
@@ -1120,11 +1122,20 @@ class Sequential(Layer):
             i += 1 + len(absorbed)
         return units
 
+    # Set on an instance by ``observe`` for as long as its block runs.
+    _observer = None
+
     def forward(self, x, train=None):
         # The plan is kept so that backward visits exactly the units that ran: a ReLU fused
         # into the layer before it has no backward of its own.
         units = self._units()
-        x = self._runner.forward(units, x, train)
+        if self._observer is None:
+            x = self._runner.forward(units, x, train)
+        else:
+            # One unit at a time through the same runner (a profiling runner keeps timing).
+            for unit in units:
+                x = self._runner.forward([unit], x, train)
+                self._observer(unit, x)
         self._plan = units
         return x
 
@@ -1194,6 +1205,46 @@ class Sequential(Layer):
             lines.append(f"  ({i}): {body}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _sequentials(layer: Layer, prefix: str = ""):
+    if isinstance(layer, Sequential):
+        yield prefix, layer
+        for i, child in enumerate(layer.layers):
+            yield from _sequentials(child, f"{prefix}{i}.")
+
+
+@contextlib.contextmanager
+def observe(model: Layer, fn):
+    """Calls ``fn(name, layers, output)`` after each unit of the execution plan of every
+    ``Sequential`` in ``model`` (nested ones included) runs forward, while the block runs.
+
+    ``name`` is the path of the unit's first layer ("3", "2.1", like parameter names without
+    the parameter), ``layers`` the tuple of layers the unit ran (``(Conv2d, ReLU,
+    MaxPool2d)`` for a fused block, so a fused ReLU's output is the unit's output, or its
+    pooled output) and ``output`` the unit's output array itself, not a copy: read it, do
+    not write it. A nested Sequential is reported as a unit of its parent after its own
+    units. A model that is not a Sequential has no plan and is not observed. Observing
+    changes no numbers; one model can be observed by one block at a time.
+    """
+    found = list(_sequentials(model))
+    if any("_observer" in vars(seq) for _, seq in found):
+        raise RuntimeError("observe: the model is already being observed")
+
+    def observer(prefix):
+        def call(unit, output):
+            index, layer, absorbed = unit
+            fn(f"{prefix}{index}", (layer, *absorbed), output)
+
+        return call
+
+    try:
+        for prefix, seq in found:
+            seq._observer = observer(prefix)
+        yield model
+    finally:
+        for _, seq in found:
+            vars(seq).pop("_observer", None)
 
 
 # Textbook names.

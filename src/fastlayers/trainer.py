@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .callbacks import Callback
+from .health import Monitor, Settings, format_health
 from .init import as_generator
 from .profile import Profile
 from .schedules import FunctionOfEpoch, step_decay  # noqa: F401 - step_decay lived here first
@@ -212,10 +213,15 @@ class _Run:
     # The epoch's gradient-clipping sums: [sum of pre-clip norms, steps measured, steps
     # rescaled, entries clamped, steps clamped].
     clip: list = field(default_factory=lambda: [0.0, 0, 0, 0, 0])
+    # The health monitor's accumulators of the epoch, as saved (None: none saved) and as
+    # parsed against the model when resuming (see Trainer._resume).
+    health: dict | None = None
+    health_arrays: dict | None = None
 
     _SCALARS = ("first_epoch", "key", "validation_split", "data", "batch_size", "best_value", "waited",
-                "epoch", "step", "loss_sum", "correct", "seen", "seconds", "clip")
-    _OPTIONAL = frozenset({"clip"})
+                "epoch", "step", "loss_sum", "correct", "seen", "seconds", "clip", "health")
+    # Written since gradient clipping and training health exist; older checkpoints lack them.
+    _OPTIONAL = frozenset({"clip", "health"})
 
     def start_epoch(self, epoch: int, order: np.ndarray) -> None:
         self.epoch, self.order = epoch, order
@@ -226,7 +232,8 @@ class _Run:
         self.start_epoch(None, None)
 
     def state(self) -> dict:
-        return {name: getattr(self, name) for name in self._SCALARS}
+        # The health accumulators live in the trainer's monitor; _save_checkpoint adds them.
+        return {**{name: getattr(self, name) for name in self._SCALARS}, "health": None}
 
     def count_clipping(self, optimizer) -> None:
         """Adds the last optimizer step's clipping to the epoch's sums."""
@@ -253,8 +260,9 @@ class _Run:
     @classmethod
     def from_state(cls, bad: _Schema, d, arrays: dict, model_state: dict, epochs_done: int) -> _Run:
         d = bad.obj(d, "trainer.run", set(cls._SCALARS) - cls._OPTIONAL, cls._OPTIONAL)
-        d = {"clip": [0.0, 0, 0, 0, 0], **d}
+        d = {"clip": [0.0, 0, 0, 0, 0], "health": None, **d}
         arrays = dict(arrays)
+        health_arrays = {k[len("health/") :]: arrays.pop(k) for k in list(arrays) if k.startswith("health/")}
         c = bad.check
         c(_is_int(d["first_epoch"]) and 1 <= d["first_epoch"] <= epochs_done + 1, "trainer.run.first_epoch",
           f"an int in [1, {epochs_done + 1}]", d["first_epoch"])
@@ -278,6 +286,11 @@ class _Run:
           and all(_is_int(v) and v >= 0 for v in clip[1:]) and clip[2] <= clip[1], "trainer.run.clip",
           "[a number, then four ints >= 0]", clip)
         run = cls(**{name: d[name] for name in cls._SCALARS}, split=None)
+        if run.health is not None and epoch is None:
+            bad.fail("trainer.run holds health accumulators but no epoch")
+        if run.health is None and health_arrays:
+            bad.fail(f"unexpected tensor trainer/health/{sorted(health_arrays)[0]}")
+        run.health_arrays = health_arrays
         if vs is not None:
             run.split = bad.permutation(arrays, "split")
         if epoch is not None:
@@ -315,6 +328,14 @@ class Trainer:
     ``grad_norm``, ``clipped_steps`` and ``clipped_entries`` (see ``fit``), and whatever keys
     callbacks add. ``stop_training``, set by a callback, ends ``fit`` after the current epoch.
 
+    ``health=True`` (or a :class:`fastlayers.health.Settings`) adds to every epoch's record a
+    ``health`` entry: per layer, the fraction of dead ReLU units, of saturated sigmoid and
+    tanh outputs, and each weight's mean update-to-weight ratio over the epoch's steps
+    (``fastlayers.health``); a verbose ``fit`` prints it under the epoch's line, flagging
+    layers with over half their units dead or saturated and update ratios outside [1e-4,
+    1e-2]. ``trainer.health`` is then the :class:`fastlayers.health.Monitor`. It changes no
+    trained number, and a resumed run's figures equal the uninterrupted run's.
+
     ``profile=True`` times every training step layer by layer (``fastlayers.profile``):
     ``trainer.profile`` then accumulates per-layer forward and backward times, FLOP rates and
     im2col workspace over all steps of ``fit`` (``trainer.profile.table()``,
@@ -343,7 +364,7 @@ class Trainer:
 
     def __init__(
         self, model, loss, optimizer, seed: int | None = 0, verbose: bool | None = None, profile: bool = False,
-        check_finite: bool = True, augment=None,
+        check_finite: bool = True, augment=None, health: bool | Settings = False,
     ):
         from .augment import Augment
 
@@ -361,6 +382,13 @@ class Trainer:
             raise TypeError(f"Trainer: profile=True times one forward and backward per step, and a "
                             f"{type(optimizer).__name__} step runs several; train without profile")
         self.profile: Profile | None = Profile(model, loss, optimizer) if profile else None
+        if not isinstance(health, (bool, Settings)):
+            raise TypeError(f"Trainer: health must be a bool or a fastlayers.health.Settings, got {type(health).__name__}")
+        if health and getattr(optimizer, "needs_closure", False):
+            raise TypeError(f"Trainer: health=True observes one forward pass and one update per step, and a "
+                            f"{type(optimizer).__name__} step runs several forward passes; train without health")
+        self.health: Monitor | None = (
+            Monitor(model, optimizer, health if isinstance(health, Settings) else None) if health else None)
         self.history: list[dict] = []
         self.rng = as_generator(seed)
         # Dropout masks come from their own stream so that changing the batch order
@@ -388,8 +416,17 @@ class Trainer:
         not finite. With ``check_finite=False`` only the loss is checked, after the update."""
         if getattr(self.optimizer, "needs_closure", False):
             return self._closure_step(x, t)
+        health = self.health
+        activations, ratios = (False, False) if health is None else health.wants(
+            None if self._where is None else self._where[1] - 1)
+        if not (activations or ratios):
+            return self._step(x, t, None)
+        with health.watch(activations, ratios):
+            return self._step(x, t, health)
+
+    def _step(self, x, t, health: Monitor | None):
         if not self.check_finite:
-            loss, scores = self._unchecked_step(x, t)
+            loss, scores = self._unchecked_step(x, t, health)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"the training loss is {loss} at {self._at()}; the update has been applied (check_finite=False)"
@@ -397,13 +434,23 @@ class Trainer:
             return loss, scores
         self._buffers.take()
         if self.profile is not None:
-            return self.profile.train_step(x, t, before_update=self._check_finite)
-        self.optimizer.zero_grad()
-        scores = self.model.forward(x, train=True)
-        loss = self.loss.forward(scores, t) + self.optimizer.penalty()
-        self.model.backward(self.loss.backward())
-        self._check_finite(loss)
-        self.optimizer.step()
+            def before_update(loss):
+                self._check_finite(loss)
+                if health is not None:
+                    health.before_update()
+
+            loss, scores = self.profile.train_step(x, t, before_update=before_update)
+        else:
+            self.optimizer.zero_grad()
+            scores = self.model.forward(x, train=True)
+            loss = self.loss.forward(scores, t) + self.optimizer.penalty()
+            self.model.backward(self.loss.backward())
+            self._check_finite(loss)
+            if health is not None:
+                health.before_update()
+            self.optimizer.step()
+        if health is not None:
+            health.after_update()
         return loss, scores
 
     def _closure_step(self, x, t):
@@ -436,14 +483,20 @@ class Trainer:
         loss = self.optimizer.step(closure)
         return float(loss), first["scores"]
 
-    def _unchecked_step(self, x, t):
+    def _unchecked_step(self, x, t, health: Monitor | None):
         if self.profile is not None:
-            return self.profile.train_step(x, t)
-        self.optimizer.zero_grad()
-        scores = self.model.forward(x, train=True)
-        loss = self.loss.forward(scores, t) + self.optimizer.penalty()
-        self.model.backward(self.loss.backward())
-        self.optimizer.step()
+            before = None if health is None else (lambda loss: health.before_update())
+            loss, scores = self.profile.train_step(x, t, before_update=before)
+        else:
+            self.optimizer.zero_grad()
+            scores = self.model.forward(x, train=True)
+            loss = self.loss.forward(scores, t) + self.optimizer.penalty()
+            self.model.backward(self.loss.backward())
+            if health is not None:
+                health.before_update()
+            self.optimizer.step()
+        if health is not None:
+            health.after_update()
         return loss, scores
 
     def _at(self) -> str:
@@ -626,6 +679,8 @@ class Trainer:
                 self._hook("on_epoch_begin", epoch)
                 order = self._shuffle_rng.permutation(len(x)) if shuffle else np.arange(len(x))
                 run.start_epoch(epoch, order.astype(np.int64, copy=False))
+                if self.health is not None:
+                    self.health.reset()
             record = self._train_epoch(x, t, run, last_epoch, path, checkpoint_every)
             if validation is not None:
                 val = self.evaluate(*validation, batch_size=max(batch_size, 256))
@@ -693,6 +748,9 @@ class Trainer:
         record = {"epoch": epoch, "loss": float(run.loss_sum / run.seen), "train_accuracy": run.correct / run.seen,
                   "lr": self.optimizer.lr, "seconds": run.seconds}
         record.update(run.clip_record(sum(p.data.size for p in self.optimizer.params)))
+        if self.health is not None:
+            record["health"] = self.health.record()
+            self.health.reset()
         run.end_epoch()
         return record
 
@@ -730,6 +788,9 @@ class Trainer:
         arrays = {}
         if run.order is not None:
             arrays["order"] = run.order
+            if self.health is not None:
+                state["run"]["health"], counts = self.health.state()
+                arrays.update({"health/" + key: a for key, a in counts.items()})
         if run.split is not None:
             arrays["split"] = run.split
         if run.best_state is not None:
@@ -828,6 +889,15 @@ class Trainer:
                 f"{[e['type'] for e in saved_callbacks]}, this call's {[type(cb).__name__ for cb, _ in mine]}"
             )
 
+        health = None
+        if self.health is not None and run.order is not None:
+            if run.health is None:
+                # The run was saved without health: the figures of this epoch will cover the
+                # steps from here on (their "steps" says how many).
+                health = (0, {}, {})
+            else:
+                health = self.health.parse_state(run.health, run.health_arrays, bad.fail)
+
         # Everything is checked; the callbacks and the optimizer validate themselves, so they go
         # first, and the callbacks are put back if any of them, or the optimizer, refuses.
         loaded = []
@@ -856,6 +926,8 @@ class Trainer:
         self.history = history
         self.stop_reason = stop_reason
         self.stop_training, self._stop_by = stop_training is not None, stop_training
+        if health is not None:
+            self.health.load_state(health)
         return run
 
     def _show(self) -> bool:
@@ -876,6 +948,8 @@ class Trainer:
             parts += [f"val loss {record['val_loss']:.4f}", f"val acc {record['val_accuracy']:.4f}"]
         parts.append(f"{record['seconds']:.1f} s")
         print(" | ".join(parts), file=sys.stderr)
+        if "health" in record and self.health is not None:
+            print("  " + format_health(record["health"], self.health.settings), file=sys.stderr)
 
     # -- inference -----------------------------------------------------------------------
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -6,9 +6,10 @@ Each function here has the same name and signature as its native twin in
 parameter gradients accumulate) and the shape of every argument.
 """
 
-from . import activations, conv, lbfgs, linear, losses, norm, optim, warp
+from . import activations, conv, health, lbfgs, linear, losses, norm, optim, warp
 from .activations import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
+from .health import *  # noqa: F401,F403
 from .lbfgs import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
@@ -25,4 +26,5 @@ __all__ = [
     *optim.__all__,
     *warp.__all__,
     *lbfgs.__all__,
+    *health.__all__,
 ]

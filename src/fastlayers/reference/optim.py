@@ -25,6 +25,7 @@ __all__ = [
     "sum_abs",
     "scale_update",
     "clamp_update",
+    "sum_squares_diff",
 ]
 
 
@@ -227,3 +228,14 @@ def clamp_update(x, limit) -> int:
         outside = int(np.count_nonzero(np.abs(x) > bound))
     np.clip(x, -bound, bound, out=x)
     return outside
+
+
+def sum_squares_diff(a, b) -> float:
+    """Sum of (a - b)², the difference and its square formed in float64 (the size of an
+    update: the parameters after it against a copy from before)."""
+    c = Checker("sum_squares_diff")
+    a = c.input(a, "a")
+    b = c.input(b, "b", a, "a")
+    c.same_shape(b, "b", a, "a")
+    d = a.astype(np.float64).reshape(-1) - b.astype(np.float64).reshape(-1)
+    return float(np.dot(d, d))
