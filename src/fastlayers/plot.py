@@ -3,9 +3,10 @@
 Needs matplotlib (``pip install fastlayers[plot]``), imported only when a function here is
 called. Every function returns a :class:`matplotlib.figure.Figure`; ``fig.savefig("x.png")``
 writes it. A figure is made without pyplot, on the non-interactive Agg canvas, so nothing
-here chooses a backend, opens a window or needs closing; in Jupyter the returned figure
-displays inline. To draw into a figure of your own (a pyplot one you can ``plt.show()``),
-pass it as ``fig=plt.figure()``: the function then clears it and draws there.
+here chooses or changes a backend, opens a window or needs closing (a notebook with the
+inline backend displays the returned figure). To draw into a figure of your own (a pyplot
+one you can ``plt.show()``), pass it as ``fig=plt.figure()``: the function clears it and
+draws there.
 """
 
 from __future__ import annotations
@@ -38,17 +39,16 @@ _MISSING = "fastlayers.plot needs matplotlib: pip install fastlayers[plot] (or p
 
 def _matplotlib():
     try:
-        import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError(_MISSING) from e
-    return matplotlib, Figure, FigureCanvasAgg
+    return Figure, FigureCanvasAgg
 
 
 def _figure(fig, figsize):
     """``fig`` cleared for drawing, or a new figure on an Agg canvas of ``figsize`` inches."""
-    _, Figure, FigureCanvasAgg = _matplotlib()
+    Figure, FigureCanvasAgg = _matplotlib()
     if fig is None:
         fig = Figure(figsize=figsize)
         FigureCanvasAgg(fig)
