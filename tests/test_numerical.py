@@ -33,3 +33,20 @@ def test_refuses_what_it_cannot_perturb():
         numerical_gradient(lambda: 0.0, ro)
     with pytest.raises(ValueError, match="contiguous"):
         numerical_gradient(lambda: 0.0, np.zeros((4, 4))[:, :3])
+
+
+def test_textbook_form_f_of_x():
+    # The textbook passes f(W) and ignores W, reading the perturbed array through the network.
+    x = np.random.default_rng(2).standard_normal(5)
+    seen = []
+
+    def loss(w):
+        seen.append(w)
+        return float(np.sum(w**2))
+
+    np.testing.assert_allclose(numerical_gradient(loss, x), 2 * x, rtol=numerical_gradient_rtol(), atol=1e-8)
+    assert all(w is x for w in seen)
+    np.testing.assert_allclose(numerical_gradient(lambda w=None: float(np.sum(x**2)), x), 2 * x,
+                               rtol=numerical_gradient_rtol(), atol=1e-8)  # callable without arguments: f()
+    with pytest.raises(TypeError, match="callable"):
+        numerical_gradient(1.0, x)

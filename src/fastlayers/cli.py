@@ -1,4 +1,4 @@
-"""The ``fastlayers`` command: ``train``, ``profile``, ``tune``, ``gradcheck`` and ``info``."""
+"""The ``fastlayers`` command: ``train``, ``profile``, ``tune``, ``gradcheck``, ``plot`` and ``info``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="per epoch: dead ReLU units, saturated sigmoid/tanh outputs and update-to-weight ratios")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--plots", type=Path, default=None, metavar="DIR",
+                   help="after training, write history.png, filters.png (models with a convolution) and "
+                   "misclassified.png (test images) to DIR; needs matplotlib")
 
     pr = sub.add_parser("profile", help="time training steps layer by layer on random data")
     pr.add_argument("--model", choices=sorted(MODELS), default="simple-cnn")
@@ -132,6 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=("native", "numpy"), default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plot", help="draw a saved model's filters, misclassified test images and training history")
+    pl.add_argument("checkpoint", type=Path, help="a model saved with --save or a training checkpoint")
+    pl.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the PNG files")
+    pl.add_argument("--data", default=None,
+                    help="test images for misclassified.png, as for train (default: the data the file names, else bundled)")
+    pl.add_argument("--download", action="store_true", help="download fashion-mnist/mnist if not found locally")
 
     i = sub.add_parser("info", help="build information and which kernels are native")
     i.add_argument("--json", action="store_true")
@@ -213,6 +223,8 @@ def _train(args) -> int:
 
     if args.checkpoint is None and (args.resume or args.checkpoint_every is not None):
         print("fastlayers: --resume and --checkpoint-every need --checkpoint PATH", file=sys.stderr)
+        return 2
+    if args.plots is not None and not _have_matplotlib():
         return 2
     if args.backend:
         backend.set_backend(args.backend)
@@ -315,6 +327,12 @@ def _train(args) -> int:
     if args.save:
         save(model, args.save, optimizer=opt, metadata={"data": args.data})
         result["saved"] = str(args.save)
+    if args.plots is not None:
+        from .plot import save_figures
+
+        paths = save_figures(args.plots, model, history, x_test, t_test, _class_names(args.data))
+        result["plots"] = [str(p) for p in paths]
+        print(f"plots: {', '.join(result['plots'])}", file=log)
     if args.json:
         print(json.dumps(result))
     else:
@@ -484,6 +502,50 @@ def _gradcheck(args) -> int:
     return 0 if ok else 1
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("fastlayers: plots need matplotlib: pip install fastlayers[plot]", file=sys.stderr)
+        return False
+    return True
+
+
+def _class_names(data_name: str):
+    from .data import CLASS_NAMES, MNIST_CLASS_NAMES
+
+    if data_name in ("bundled", "fashion-mnist"):
+        return CLASS_NAMES
+    # A directory's classes are unknown; digits name them by label.
+    return MNIST_CLASS_NAMES
+
+
+def _plot(args) -> int:
+    from .checkpoint import CheckpointError, load, read_metadata
+    from .data import DatasetError
+
+    if not _have_matplotlib():
+        return 2
+    try:
+        meta = read_metadata(args.checkpoint)
+        model = load(args.checkpoint)
+    except (CheckpointError, OSError) as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 2
+    records = json.loads(meta["trainer"]).get("history") if "trainer" in meta else None
+    name = args.data or meta.get("data", "bundled")
+    try:
+        _, (x_test, t_test) = _load_data(name, args.download)
+    except DatasetError as e:
+        print(f"fastlayers: {e}", file=sys.stderr)
+        return 2
+    from .plot import save_figures
+
+    paths = save_figures(args.out, model, records, x_test, t_test, _class_names(name))
+    print(f"plots: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def _info(args) -> int:
     from . import __version__, backend
 
@@ -504,7 +566,8 @@ def _info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"train": _train, "profile": _profile, "tune": _tune, "gradcheck": _gradcheck, "info": _info}[args.command](args)
+    return {"train": _train, "profile": _profile, "tune": _tune, "gradcheck": _gradcheck, "plot": _plot,
+            "info": _info}[args.command](args)
 
 
 if __name__ == "__main__":
