@@ -2,11 +2,15 @@
 
     python bench/fashion_mnist.py --model simple-cnn --epochs 10
     python bench/fashion_mnist.py --model deep-cnn --batchnorm --epochs 15 --target 0.93
+    python bench/fashion_mnist.py --model deep-cnn --batchnorm --epochs 20 --augment translate=2,hflip
     python bench/fashion_mnist.py --quick          # 2,000 training images, 1 epoch: checks that it works
 
 Both libraries train the same network from the same initial weights with Adam (lr 1e-3,
 times --lr-gamma every --lr-step epochs when given), batch 100, the same shuffled order, on the same number of threads, one after the other.
-After every epoch each is evaluated on the 10,000 test images. The table gives training
+With ``--augment`` every training batch of both is warped by ``fastlayers.augment.Augment``
+(the native kernel, inside each library's timed loop; fastlayers through
+``Trainer(augment=...)``, PyTorch from a generator of its own: the same distribution, not
+the same draws, as the dropout masks also differ). After every epoch each is evaluated on the 10,000 test images. The table gives training
 time (evaluation excluded) and test accuracy per epoch, and the training time each needed
 to first reach ``--target`` test accuracy. Data: ``fastlayers.data.load_fashion_mnist``
 (Debian's ``dataset-fashion-mnist`` package, or ``--download``).
@@ -30,6 +34,8 @@ def _args(argv=None):
     p.add_argument("--target", type=float, default=0.90, help="test accuracy whose time-to-reach is reported")
     p.add_argument("--lr-step", type=int, default=None, metavar="E", help="lr x --lr-gamma every E epochs (both)")
     p.add_argument("--lr-gamma", type=float, default=0.1)
+    p.add_argument("--augment", default=None, metavar="SETTINGS",
+                   help="augment every training batch, as fastlayers train --augment (e.g. translate=2,hflip)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--download", action="store_true")
@@ -53,6 +59,7 @@ import numpy as np  # noqa: E402
 
 import fastlayers  # noqa: E402
 from fastlayers import backend, data, losses, models, optim  # noqa: E402
+from fastlayers.augment import Augment  # noqa: E402
 from fastlayers.trainer import Trainer, step_decay  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -74,10 +81,14 @@ def schedule(args):
     return step_decay(1e-3, args.lr_step, args.lr_gamma) if args.lr_step else (lambda epoch: 1e-3)
 
 
+def augmenter(args):
+    return Augment.parse(args.augment) if args.augment else None
+
+
 def run_fastlayers(args, x, t, xt, tt, orders):
     model = build(args)
     trainer = Trainer(model, losses.SoftmaxCrossEntropy(), optim.Adam(model.parameters(), lr=1e-3), seed=args.seed,
-                      verbose=False)
+                      verbose=False, augment=augmenter(args))
     rows, total = [], 0.0
     for epoch, order in enumerate(orders, 1):
         # The same shuffled order as the PyTorch run.
@@ -96,6 +107,7 @@ def run_torch(args, x, t, xt, tt, orders):
     loss_fn = torch.nn.CrossEntropyLoss()
     X, T = torch.from_numpy(x), torch.from_numpy(t.astype(np.int64))
     XT = torch.from_numpy(xt)
+    augment, aug_rng = augmenter(args), np.random.default_rng([args.seed, 1])
     rows, total = [], 0.0
     for epoch, order in enumerate(orders, 1):
         for group in opt.param_groups:
@@ -105,8 +117,9 @@ def run_torch(args, x, t, xt, tt, orders):
         start = time.perf_counter()
         for s in range(0, len(order), 100):
             b = idx[s : s + 100]
+            xb = X[b] if augment is None else torch.from_numpy(augment(x[order[s : s + 100]], aug_rng))
             opt.zero_grad()
-            loss_fn(net(X[b]), T[b]).backward()
+            loss_fn(net(xb), T[b]).backward()
             opt.step()
         total += time.perf_counter() - start
         net.eval()
@@ -138,10 +151,11 @@ def main(args):
     print(f"{name} on Fashion-MNIST ({len(x)} train / {len(xt)} test), Adam lr 1e-3"
           + (f" x {args.lr_gamma:g} every {args.lr_step} epochs" if args.lr_step else "")
           + f", batch 100, {args.epochs} epochs, "
-          f"{args.threads} threads; fastlayers {fastlayers.__version__}"
+          + (f"augment {args.augment}, " if args.augment else "")
+          + f"{args.threads} threads; fastlayers {fastlayers.__version__}"
           + (f", PyTorch {torch.__version__}" if use_torch else ", PyTorch not measured"))
     results = {"model": args.model, "batchnorm": args.batchnorm, "threads": args.threads, "target": args.target,
-               "lr_step": args.lr_step, "lr_gamma": args.lr_gamma, "dropout": args.dropout,
+               "lr_step": args.lr_step, "lr_gamma": args.lr_gamma, "dropout": args.dropout, "augment": args.augment,
                "fastlayers": run_fastlayers(args, x, t, xt, tt, orders)}
     if use_torch:
         results["torch"] = run_torch(args, x, t, xt, tt, orders)
