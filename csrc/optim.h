@@ -10,6 +10,9 @@
 // (fastlayers/reference/optim.py), so both backends round the same way. Each element is
 // updated independently, so the result does not depend on the thread count.
 #pragma once
+#include <algorithm>
+#include <vector>
+
 #include "common.h"
 
 namespace fl {
@@ -114,6 +117,38 @@ inline void with_penalty(double weight_decay, double l1, Body&& body) {
         if (l1 != 0) body(Penalty<T, false, true>{wd, a});
         else body(Penalty<T, false, false>{wd, a});
     }
+}
+
+// Reductions in double over fixed blocks of kSumBlock elements: each block is summed on 8
+// fixed lanes (element i on lane i % 8) combined pairwise, and the block sums are added in
+// block order. Nothing depends on the thread count or on the SIMD width, so the result is
+// bit-identical for any OMP_NUM_THREADS and any build. term(i) is element i's double term.
+constexpr i64 kSumBlock = 4096;
+
+template <class Term>
+inline double block_sum(i64 i0, i64 n, const Term& term) {
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const i64 n8 = n - n % 8;
+    for (i64 i = 0; i < n8; i += 8)
+        for (int j = 0; j < 8; ++j) lane[j] += term(i0 + i + j);
+    for (i64 i = n8; i < n; ++i) lane[i - n8] += term(i0 + i);
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+template <class Term>
+double blocked_sum(i64 n, const Term& term) {
+    if (n <= kSumBlock) return block_sum(0, n, term);
+    const i64 blocks = (n + kSumBlock - 1) / kSumBlock;
+    std::vector<double> partial(static_cast<size_t>(blocks));  // (blocks,)
+    parallel_chunks(blocks, [&](i64 b0, i64 b1) {
+        for (i64 b = b0; b < b1; ++b) {
+            const i64 i0 = b * kSumBlock;
+            partial[b] = block_sum(i0, std::min(kSumBlock, n - i0), term);
+        }
+    }, kMinPerThread / kSumBlock);
+    double total = 0.0;
+    for (i64 b = 0; b < blocks; ++b) total += partial[b];
+    return total;
 }
 
 }  // namespace optim_detail
