@@ -370,7 +370,7 @@ def test_train_plots_writes_pngs(tmp_path, capsys):
     args = ["train", "--epochs", "2", "--limit", "300", "--quiet", "--json", "--plots", str(out), "--lr-step", "1"]
     assert cli.main(args) == 0
     result = json.loads(capsys.readouterr().out)
-    names = ["history.png", "filters.png", "misclassified.png"]
+    names = ["history.png", "filters.png", "activations.png", "misclassified.png"]
     assert result["plots"] == [str(out / n) for n in names]
     for n in names:
         assert_png(out / n)
@@ -381,11 +381,11 @@ def test_train_plots_of_an_mlp_have_no_filters_and_plot_command_redraws(tmp_path
     args = ["train", "--model", "mlp", "--epochs", "1", "--limit", "200", "--quiet", "--plots", str(out),
             "--save", str(saved)]
     assert cli.main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["history.png", "misclassified.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["activations.png", "history.png", "misclassified.png"]
     capsys.readouterr()
     again = tmp_path / "again"
     assert cli.main(["plot", str(saved), "--out", str(again)]) == 0
-    assert sorted(p.name for p in again.iterdir()) == ["misclassified.png"]  # a saved model has no history
+    assert sorted(p.name for p in again.iterdir()) == ["activations.png", "misclassified.png"]  # no history in it
     assert_png(again / "misclassified.png")
 
 
@@ -393,7 +393,7 @@ def test_plot_command_reads_a_training_checkpoints_history(tmp_path, capsys):
     ckpt, out = tmp_path / "run.safetensors", tmp_path / "out"
     assert cli.main(["train", "--epochs", "1", "--limit", "200", "--quiet", "--checkpoint", str(ckpt)]) == 0
     assert cli.main(["plot", str(ckpt), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["filters.png", "history.png", "misclassified.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["activations.png", "filters.png", "history.png", "misclassified.png"]
     for p in out.iterdir():
         assert_png(p)
 

@@ -86,8 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--plots", type=Path, default=None, metavar="DIR",
-                   help="after training, write history.png, filters.png (models with a convolution) and "
-                   "misclassified.png (test images) to DIR; needs matplotlib")
+                   help="after training, write history.png, filters.png (models with a convolution), "
+                   "activations.png and misclassified.png (test images) to DIR; needs matplotlib")
 
     pr = sub.add_parser("profile", help="time training steps layer by layer on random data")
     pr.add_argument("--model", choices=sorted(MODELS), default="simple-cnn")
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("checkpoint", type=Path, help="a model saved with --save or a training checkpoint")
     pl.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the PNG files")
     pl.add_argument("--data", default=None,
-                    help="test images for misclassified.png, as for train (default: the data the file names, else bundled)")
+                    help="test images for activations.png and misclassified.png, as for train (default: the data the file names, else bundled)")
     pl.add_argument("--download", action="store_true", help="download fashion-mnist/mnist if not found locally")
 
     i = sub.add_parser("info", help="build information and which kernels are native")

@@ -535,7 +535,9 @@ def misclassified(model, x: np.ndarray, t: np.ndarray, classes: Sequence[str] | 
 def save_figures(out_dir, model=None, history_records=None, x=None, t=None, classes=None, dpi: int = 100) -> list:
     """Writes what there is to show as PNG files in ``out_dir`` (created if missing):
     ``history.png`` when ``history_records`` is non-empty, ``filters.png`` when ``model`` has
-    a Conv2d, ``misclassified.png`` when ``model``, ``x`` and ``t`` are given. Returns the
+    a Conv2d, ``activations.png`` (histograms of every activation layer's outputs on the
+    first 1,000 images of ``x``, inference mode) when ``model`` is a Sequential and ``x`` is
+    given, ``misclassified.png`` when ``model``, ``x`` and ``t`` are given. Returns the
     paths written. This is what ``fastlayers train --plots DIR`` and ``fastlayers plot``
     call."""
     from pathlib import Path
@@ -548,6 +550,8 @@ def save_figures(out_dir, model=None, history_records=None, x=None, t=None, clas
         figures.append(("history.png", history(history_records)))
     if model is not None and any(isinstance(m, _layers.Conv2d) for m in model.modules()):
         figures.append(("filters.png", filters(model)))
+    if isinstance(model, _layers.Sequential) and x is not None:
+        figures.append(("activations.png", activation_histograms(model, x[:1000])))
     if model is not None and x is not None and t is not None:
         figures.append(("misclassified.png", misclassified(model, x, t, classes=classes)))
     paths = []
