@@ -8,8 +8,8 @@ can be recorded, and after the update runs one ``count_outside`` per watched ReL
 or tanh output; every 10th step also copies the weights before the update and runs one
 ``sum_squares`` and one ``sum_squares_diff`` per weight after it. This script times that
 bookkeeping on its own (medians of many repetitions on the outputs of a real step) and whole
-``Trainer.train_step`` calls with and without health (medians of interleaved steps), and
-prints both as a share of the step.
+steps of ``Trainer.fit`` with and without health (the median over epochs of 50 steps, the
+two trainers taking turns), and prints both as a share of the step.
 
 Validation first: two trainers from the same weights on the same batches, one with health
 and one without, must end with bit-identical weights.
@@ -62,15 +62,17 @@ def measure(name: str, batch: int, steps: int, repeats: int) -> dict:
     for x, t in data:  # warm-up
         watched.train_step(x, t)
         plain.train_step(x, t)
+    # Whole steps as fit runs them, whose sampling (activations every step, update ratios on
+    # the first step of an epoch and every ratio_every-th after it) depends on the step's
+    # place in its epoch: epochs of `per_epoch` steps, the two trainers taking turns.
+    per_epoch = min(steps, 50)
+    x_all = np.concatenate([data[i % len(data)][0] for i in range(per_epoch)])
+    t_all = np.concatenate([data[i % len(data)][1] for i in range(per_epoch)])
     plain_s, watched_s = [], []
-    for i in range(steps):
-        x, t = data[i % len(data)]
-        start = time.perf_counter()
-        plain.train_step(x, t)
-        plain_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        watched.train_step(x, t)
-        watched_s.append(time.perf_counter() - start)
+    for _ in range(max(1, steps // per_epoch)):
+        plain_s.append(plain.fit(x_all, t_all, epochs=1, batch_size=batch, shuffle=False)[-1]["seconds"] / per_epoch)
+        watched_s.append(
+            watched.fit(x_all, t_all, epochs=1, batch_size=batch, shuffle=False)[-1]["seconds"] / per_epoch)
     # The bookkeeping alone, on the outputs one watched forward recorded: the activation
     # counts (every step by default) and the update ratios (every ratio_every-th step).
     monitor = watched.health
@@ -134,8 +136,9 @@ def main() -> None:
 
     with OtherLoad() as load:
         rows = [measure(name, args.batch, args.steps, args.repeats) for name in NETWORKS]
-    print(f"\nbatch {args.batch}, Adam; steps: medians of {args.steps} Trainer.train_step calls without and "
-          f"{args.steps} with health, interleaved; bookkeeping: median of {args.repeats} runs on its own")
+    print(f"\nbatch {args.batch}, Adam; steps: fit's mean step over epochs of up to 50 steps, {args.steps} steps "
+          f"each without and with health, taking turns (median of the epochs); bookkeeping: median of "
+          f"{args.repeats} runs on its own")
     print("  bookkeeping per step = counts + ratios / ratio_every")
     print(f"  {'network':<11} {'outputs':>8} {'weights':>8} {'step ms':>8} {'health ms':>10} {'diff':>7} "
           f"{'counts us':>10} {'ratios us':>10} {'per step us':>12} {'share':>7}")

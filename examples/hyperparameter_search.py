@@ -1,7 +1,8 @@
 """Hyper-parameter search with narrowing: the textbook's experiment on the bundled images.
 
     python examples/hyperparameter_search.py                 # about 35 s of CPU time, over the cores
-    python examples/hyperparameter_search.py --png search.png --json search.json
+    python examples/hyperparameter_search.py --out DIR --json search.json   # DIR/hyperparameter_search.png
+    python examples/hyperparameter_search.py --quick      # 2 rounds of 4 short trials: checks that it runs
 
 The textbook (chapter 6, "validating hyper-parameters") trains an MLP of six hidden layers
 of 100 with SGD on a few hundred images, holds 20% of the *training* images out for
@@ -16,6 +17,7 @@ round.
 """
 
 import argparse
+import pathlib
 import time
 
 from fastlayers import data, losses, models, optim, tune
@@ -29,7 +31,7 @@ def build(params):
     return model, losses.SoftmaxCrossEntropy(), opt
 
 
-def plot(result, path) -> bool:
+def plot(result, out) -> bool:
     try:
         import matplotlib
 
@@ -57,6 +59,8 @@ def plot(result, path) -> bool:
     fig.suptitle(f"{len(result.trials)} trials; best lr {best.params['lr']:.2e}, weight decay "
                  f"{best.params['weight_decay']:.2e}: {best.val_accuracy:.3f}")
     fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "hyperparameter_search.png"
     fig.savefig(path, dpi=120)
     print(f"saved {path}")
     return True
@@ -71,9 +75,13 @@ def main():
     p.add_argument("--keep", type=float, default=0.2)
     p.add_argument("--processes", type=int, default=None, help="default: the cores")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--png", default="hyperparameter_search.png")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out"),
+                   help="directory for hyperparameter_search.png (needs matplotlib; default ./out)")
     p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true", help="2 rounds of 4 trials of 1 epoch on 300 images")
     args = p.parse_args()
+    if args.quick:
+        args.images, args.trials, args.rounds, args.epochs = 300, 4, 2, 1
 
     (x, t), _ = data.load_bundled()  # the test split is not used
     x, t = x[: args.images], t[: args.images]
@@ -89,8 +97,7 @@ def main():
         print(f"{label:>14}: " + ", ".join(f"{n} [{v.low:.2e}, {v.high:.2e}]" for n, v in ranges.items()))
     if args.json:
         result.to_json(args.json)
-    if args.png:
-        plot(result, args.png)
+    plot(result, args.out)
 
 
 if __name__ == "__main__":

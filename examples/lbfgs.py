@@ -7,12 +7,14 @@ images, the whole set as one batch. Each optimizer gets the same budget of closu
 rate from a small grid. Prints the training loss after 25, 50, 100 and 200 evaluations and
 the accuracy on 2,000 held-out images, and draws the curves when matplotlib is installed.
 
-    python examples/lbfgs.py [--budget 200] [--png lbfgs.png]
+    python examples/lbfgs.py [--budget 200] [--out DIR]     # the figure: DIR/lbfgs.png (default ./out)
+    python examples/lbfgs.py --quick                        # 30 evaluations each: checks that it runs
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import time
 
 import numpy as np
@@ -60,8 +62,12 @@ def run(make_optimizer, x, t, budget: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=200, help="gradient evaluations per optimizer")
-    parser.add_argument("--png", default=None, help="write the loss curves there (needs matplotlib)")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out"),
+                        help="directory for lbfgs.png, the loss curves (needs matplotlib; default ./out)")
+    parser.add_argument("--quick", action="store_true", help="30 evaluations each: checks that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.budget = 30
 
     (x_train, t_train), (x_test, t_test) = data.load_bundled(flatten=True)
     x, t = x_train[:500].astype(np.float64), t_train[:500]
@@ -99,8 +105,7 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        if args.png:
-            print("matplotlib is not installed: no plot")
+        print("matplotlib is not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (curve, lr, *_) in results.items():
@@ -109,7 +114,8 @@ def main() -> None:
     ax.set_ylabel("training loss (cross-entropy)")
     ax.legend()
     fig.tight_layout()
-    path = args.png or "lbfgs.png"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "lbfgs.png"
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
 

@@ -23,6 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
          ["sigmoid    std=1", "relu       he", "std=0.01", "xavier"]),
         ("batchnorm.py", ["batchnorm.png"], ["init std", "0.0001"]),
         ("overfitting.py", ["overfitting.png"], ["plain", "weight decay 0.1", "dropout 0.2", "both"]),
+        ("lbfgs.py", ["lbfgs.png"], ["L-BFGS (history 10, strong Wolfe)", "gradient descent", "Adam", "N=25"]),
         ("computational_graph.py", ["computational_graph.png"],
          ["price", "dapple", "dorange_num", "dtax", "= numerical (central differences, relative 1e-6): yes"]),
     ],

@@ -525,9 +525,8 @@ def test_the_example_runs_from_its_script_in_worker_processes(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "examples" / "hyperparameter_search.py"
-    png, out_json = tmp_path / "search.png", tmp_path / "search.json"
-    args = [sys.executable, str(script), "--images", "300", "--trials", "4", "--rounds", "2", "--epochs", "1",
-            "--processes", "2", "--png", str(png), "--json", str(out_json)]
+    png, out_json = tmp_path / "hyperparameter_search.png", tmp_path / "search.json"
+    args = [sys.executable, str(script), "--quick", "--processes", "2", "--out", str(tmp_path), "--json", str(out_json)]
     run = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "after round 2: lr [" in run.stdout
