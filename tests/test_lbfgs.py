@@ -621,3 +621,11 @@ def test_trainer_refuses_to_profile_lbfgs():
     model = classifier(0)
     with pytest.raises(TypeError, match="profile"):
         Trainer(model, losses.SoftmaxCrossEntropy(), optim.LBFGS(model.parameters()), profile=True)
+
+
+def test_trainer_refuses_health_with_lbfgs():
+    # A step runs several forward passes: the activations and the update would not be one step's.
+    model = classifier(0)
+    with pytest.raises(TypeError, match="health"):
+        Trainer(model, losses.SoftmaxCrossEntropy(), optim.LBFGS(model.parameters()), health=True)
+    Trainer(model, losses.SoftmaxCrossEntropy(), optim.LBFGS(model.parameters()), health=False)
