@@ -6,7 +6,7 @@
     python bench/fashion_mnist.py --quick          # 2,000 training images, 1 epoch: checks that it works
 
 Both libraries train the same network from the same initial weights with Adam (lr 1e-3,
-times --lr-gamma every --lr-step epochs when given), batch 100, the same shuffled order, on the same number of threads, one after the other.
+times --lr-gamma every --lr-step epochs when given, or annealed to 0 with --cosine), batch 100, the same shuffled order, on the same number of threads, one after the other.
 With ``--augment`` every training batch of both is warped by ``fastlayers.augment.Augment``
 (the native kernel, inside each library's timed loop; fastlayers through
 ``Trainer(augment=...)``, PyTorch from a generator of its own: the same distribution, not
@@ -34,6 +34,8 @@ def _args(argv=None):
     p.add_argument("--target", type=float, default=0.90, help="test accuracy whose time-to-reach is reported")
     p.add_argument("--lr-step", type=int, default=None, metavar="E", help="lr x --lr-gamma every E epochs (both)")
     p.add_argument("--lr-gamma", type=float, default=0.1)
+    p.add_argument("--cosine", action="store_true",
+                   help="cosine annealing of the lr from 1e-3 to 0 over the epochs (both), instead of --lr-step")
     p.add_argument("--augment", default=None, metavar="SETTINGS",
                    help="augment every training batch, as fastlayers train --augment (e.g. translate=2,hflip)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -45,6 +47,8 @@ def _args(argv=None):
     args = p.parse_args(argv)
     if args.batchnorm and args.model == "simple-cnn":
         p.error("--batchnorm applies to deep-cnn and mlp")
+    if args.cosine and args.lr_step:
+        p.error("--cosine and --lr-step are two schedules: choose one")
     if args.quick:
         args.epochs = 1
     return args
@@ -60,6 +64,7 @@ import numpy as np  # noqa: E402
 import fastlayers  # noqa: E402
 from fastlayers import backend, data, losses, models, optim  # noqa: E402
 from fastlayers.augment import Augment  # noqa: E402
+from fastlayers.schedules import CosineAnnealing  # noqa: E402
 from fastlayers.trainer import Trainer, step_decay  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +83,8 @@ def build(args):
 
 
 def schedule(args):
+    if args.cosine:
+        return CosineAnnealing(1e-3, args.epochs)
     return step_decay(1e-3, args.lr_step, args.lr_gamma) if args.lr_step else (lambda epoch: 1e-3)
 
 
@@ -150,12 +157,13 @@ def main(args):
         f", dropout {args.dropout:g}" if args.dropout is not None else "")
     print(f"{name} on Fashion-MNIST ({len(x)} train / {len(xt)} test), Adam lr 1e-3"
           + (f" x {args.lr_gamma:g} every {args.lr_step} epochs" if args.lr_step else "")
+          + (" annealed to 0 (cosine)" if args.cosine else "")
           + f", batch 100, {args.epochs} epochs, "
           + (f"augment {args.augment}, " if args.augment else "")
           + f"{args.threads} threads; fastlayers {fastlayers.__version__}"
           + (f", PyTorch {torch.__version__}" if use_torch else ", PyTorch not measured"))
     results = {"model": args.model, "batchnorm": args.batchnorm, "threads": args.threads, "target": args.target,
-               "lr_step": args.lr_step, "lr_gamma": args.lr_gamma, "dropout": args.dropout, "augment": args.augment,
+               "lr_step": args.lr_step, "lr_gamma": args.lr_gamma, "cosine": args.cosine, "dropout": args.dropout, "augment": args.augment,
                "fastlayers": run_fastlayers(args, x, t, xt, tt, orders)}
     if use_torch:
         results["torch"] = run_torch(args, x, t, xt, tt, orders)
