@@ -18,6 +18,7 @@ import numpy as np
 
 from . import init as _init
 from . import layers as _layers
+from .trainer import inference
 
 __all__ = [
     "figure",
@@ -441,16 +442,7 @@ def init_comparison(x: np.ndarray, activations=("sigmoid", "relu"), inits=("std=
 def predictions(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Arg-max class of ``model`` on ``x`` in inference mode, batch by batch; the model's
     train/eval modes are left as they were."""
-    modules = model.modules()
-    modes = [m.training for m in modules]
-    model.eval()
-    try:
-        return np.concatenate([np.argmax(model.forward(x[i : i + batch_size], train=False), axis=1)
-                               for i in range(0, len(x), batch_size)])
-    finally:
-        for m, mode in zip(modules, modes):
-            m.training = mode
-
+    return np.argmax(inference(model, x, batch_size), axis=1)
 
 
 def _image(sample: np.ndarray) -> np.ndarray:

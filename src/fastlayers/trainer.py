@@ -26,6 +26,19 @@ def accuracy(scores: np.ndarray, t: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=1) == labels)) if len(labels) else math.nan
 
 
+def inference(model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``model``'s outputs for ``x`` in inference mode, ``batch_size`` samples at a time; the
+    train/eval mode of every module is put back afterwards."""
+    modules = model.modules()
+    modes = [m.training for m in modules]
+    model.eval()
+    try:
+        return np.concatenate([model.forward(x[i : i + batch_size], train=False) for i in range(0, len(x), batch_size)])
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
 class NonFiniteError(FloatingPointError):
     """A training step whose loss or gradients hold a NaN or an infinity.
 
@@ -425,32 +438,37 @@ class Trainer:
             return self._step(x, t, health)
 
     def _step(self, x, t, health: Monitor | None):
-        if not self.check_finite:
-            loss, scores = self._unchecked_step(x, t, health)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"the training loss is {loss} at {self._at()}; the update has been applied (check_finite=False)"
-                )
-            return loss, scores
-        self._buffers.take()
-        if self.profile is not None:
-            def before_update(loss):
-                self._check_finite(loss)
-                if health is not None:
-                    health.before_update()
+        checked = self.check_finite
+        if checked:
+            self._buffers.take()
 
-            loss, scores = self.profile.train_step(x, t, before_update=before_update)
-        else:
-            self.optimizer.zero_grad()
-            scores = self.model.forward(x, train=True)
-            loss = self.loss.forward(scores, t) + self.optimizer.penalty()
-            self.model.backward(self.loss.backward())
-            self._check_finite(loss)
+        def before_update(loss):
+            if checked:
+                self._check_finite(loss)
             if health is not None:
                 health.before_update()
+
+        if self.profile is not None:
+            loss, scores = self.profile.train_step(x, t, before_update=before_update)
+        else:
+            loss, scores = self._forward_backward(x, t)
+            before_update(loss)
             self.optimizer.step()
         if health is not None:
             health.after_update()
+        if not checked and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss is {loss} at {self._at()}; the update has been applied (check_finite=False)"
+            )
+        return loss, scores
+
+    def _forward_backward(self, x, t) -> tuple[float, np.ndarray]:
+        """Zeroed gradients, then the forward pass, the loss with the weight penalty and the
+        backward pass of one batch; returns (loss, scores)."""
+        self.optimizer.zero_grad()
+        scores = self.model.forward(x, train=True)
+        loss = self.loss.forward(scores, t) + self.optimizer.penalty()
+        self.model.backward(self.loss.backward())
         return loss, scores
 
     def _closure_step(self, x, t):
@@ -470,10 +488,7 @@ class Trainer:
             if first:
                 for g, state in zip(gens, start):
                     g.bit_generator.state = state
-            self.optimizer.zero_grad()
-            scores = self.model.forward(x, train=True)
-            loss = self.loss.forward(scores, t) + self.optimizer.penalty()
-            self.model.backward(self.loss.backward())
+            loss, scores = self._forward_backward(x, t)
             if not first:
                 first["scores"] = scores
                 if self.check_finite:
@@ -482,22 +497,6 @@ class Trainer:
 
         loss = self.optimizer.step(closure)
         return float(loss), first["scores"]
-
-    def _unchecked_step(self, x, t, health: Monitor | None):
-        if self.profile is not None:
-            before = None if health is None else (lambda loss: health.before_update())
-            loss, scores = self.profile.train_step(x, t, before_update=before)
-        else:
-            self.optimizer.zero_grad()
-            scores = self.model.forward(x, train=True)
-            loss = self.loss.forward(scores, t) + self.optimizer.penalty()
-            self.model.backward(self.loss.backward())
-            if health is not None:
-                health.before_update()
-            self.optimizer.step()
-        if health is not None:
-            health.after_update()
-        return loss, scores
 
     def _at(self) -> str:
         if self._where is None:
@@ -958,16 +957,7 @@ class Trainer:
         _check_batch_size(batch_size, "predict")
         if len(x) == 0:
             raise ValueError("predict: no samples")
-        modules = self.model.modules()
-        modes = [m.training for m in modules]
-        self.model.eval()
-        try:
-            return np.concatenate(
-                [self.model.forward(x[i : i + batch_size], train=False) for i in range(0, len(x), batch_size)]
-            )
-        finally:
-            for m, mode in zip(modules, modes):
-                m.training = mode
+        return inference(self.model, x, batch_size)
 
     def evaluate(self, x: np.ndarray, t: np.ndarray, batch_size: int = 256) -> dict:
         """Mean loss (without the weight penalty) and accuracy on ``(x, t)`` in inference mode."""
