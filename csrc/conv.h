@@ -22,8 +22,9 @@ struct ConvGeometry {
 
 // Which algorithm float32 convolutions run (conv2d.cpp); float64 always runs im2col + GEMM,
 // the exact reference the gradient checks use. kConvAuto picks per layer and pass
-// (winograd.h); kConvWinograd runs Winograd wherever it applies, im2col elsewhere.
-enum ConvAlgorithm : int { kConvAuto = 0, kConvIm2col = 1, kConvWinograd = 2 };
+// (winograd.h, conv_direct.h); kConvWinograd runs Winograd wherever it applies, kConvDirect
+// the direct path wherever it applies, im2col elsewhere.
+enum ConvAlgorithm : int { kConvAuto = 0, kConvIm2col = 1, kConvWinograd = 2, kConvDirect = 3 };
 void set_conv_algorithm(int algorithm);
 int conv_algorithm();
 

@@ -39,6 +39,7 @@
 
 #include "blas.h"
 #include "conv.h"
+#include "conv_direct.h"
 #include "isa_dispatch.h"
 #include "pool.h"
 #include "vecmath.h"
@@ -423,6 +424,10 @@ void forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) 
     const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
     if (N == 0 || FN == 0) return;
     if constexpr (std::is_same_v<T, float>) {
+        if (direct_applies(g)) {
+            direct_forward(out, x, W, b, Relu, g);
+            return;
+        }
         if (winograd_applies(g)) {
             const std::vector<float> U = winograd_filters(W, FN, g.C, false);
             if (winograd_conv(out, x, U.data(), b, Relu, N, g.C, g.H, g.W, FN, g.pad)) return;
@@ -655,7 +660,19 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
     if (N == 0 || FN == 0) return;
     const Plan pl = plan(g, sizeof(T));
     const i64 FNP = checked_mul(FN, pl.P, "FN*OH*OW"), FNPP = FN * pg.OH * pg.OW;
+    PoolGeometry one = pg;  // the pooling of one image's y_n
+    one.N = 1;
     if constexpr (std::is_same_v<T, float>) {
+        if (direct_applies(g)) {
+            const DirectFilters d = direct_filters(W, b, g);
+            parallel_for(N, [&](i64 n) {
+                Scratch<T, 2> scratch(FNP);
+                T* y = scratch.get();  // (FN, OH, OW)
+                direct_forward_image(y, x + n * CHW, d, true, g);
+                maxpool2d_forward(out + n * FNPP, argmax + n * FNPP, y, one);
+            }, min_items_macs(double(FN) * double(pl.K) * double(pl.P)));
+            return;
+        }
         if (winograd_applies(g)) {
             // The convolution runs a chunk of images at a time: y is the whole batch's.
             T* y = batch_buffer(checked_mul(N, FNP, "N*FN*OH*OW"));
@@ -666,8 +683,6 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
             }
         }
     }
-    PoolGeometry one = pg;  // the pooling of one image's y_n
-    one.N = 1;
     if (N == 1) {
         std::vector<T> y(static_cast<size_t>(FNP));
         forward_image<T, true>(y.data(), x, W, b, g, pl, true);
@@ -713,6 +728,7 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
         }
     };
     if constexpr (std::is_same_v<T, float>) {
+        if (!dx && direct_applies(g) && direct_backward_pooled(dW, db, dout, x, out, argmax, PP, g)) return;
         if (winograd_applies(g)) {
             T* gfull = batch_buffer(checked_mul(g.N, FNP, "N*FN*OH*OW"));
             parallel_for(g.N, [&](i64 n) { route(gfull + n * FNP, n); }, min_items(FNP));
@@ -734,7 +750,7 @@ std::atomic<int> g_algorithm{kConvAuto};
 }  // namespace
 
 void set_conv_algorithm(int algorithm) {
-    if (algorithm < kConvAuto || algorithm > kConvWinograd) throw std::invalid_argument("unknown convolution algorithm");
+    if (algorithm < kConvAuto || algorithm > kConvDirect) throw std::invalid_argument("unknown convolution algorithm");
     g_algorithm.store(algorithm, std::memory_order_relaxed);
 }
 

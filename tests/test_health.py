@@ -220,7 +220,9 @@ def test_update_ratio_is_lr_times_gradient_over_weight_for_sgd(dtype):
     assert set(ratios["0"]["update_ratio"]) == {"W"}  # weights only, not biases
 
 
-def test_fused_and_unfused_models_give_the_same_figures():
+def test_fused_and_unfused_models_give_the_same_figures(im2col_path):
+    # im2col: there the fused kernels give the unfused ones' bits (the direct path's pooled
+    # backward sums other terms than the unfused dense one).
     def cnn(fuse):
         rng = np.random.default_rng(5)
         return L.Sequential(L.Conv2d(1, 4, 3, rng=rng), L.ReLU(), L.MaxPool2d(2), L.Flatten(),

@@ -670,6 +670,8 @@ WIDE_VS_BASELINE_PROBE = textwrap.dedent(
     import sys
     import numpy as np
     from fastlayers.backend import _native as N
+    from fastlayers import backend
+    backend.set_conv_algorithm("im2col")  # the direct path runs on AVX-512 CPUs only
     rng = np.random.default_rng(11)
     res = {}
     for dt in ("float32", "float64"):

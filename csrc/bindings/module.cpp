@@ -4,6 +4,7 @@
 #include "blas.h"
 #include "checks.h"
 #include "threading.h"
+#include "conv_direct.h"
 #include "winograd.h"
 
 namespace fl::bind {
@@ -60,16 +61,21 @@ PYBIND11_MODULE(_native, m) {
     m.def("get_num_threads", &fl::threads::num_threads);
     m.def("set_conv_algorithm", &fl::set_conv_algorithm, py::arg("algorithm"));
     m.def("get_conv_algorithm", &fl::conv_algorithm);
-    // Private, for fastlayers.profile: whether a float32 convolution takes the Winograd path,
-    // and the bytes that path asks for (winograd.h).
-    m.def("_winograd_plan", [](fl::i64 N, fl::i64 C, fl::i64 H, fl::i64 W, fl::i64 FN, fl::i64 FH, fl::i64 FW,
-                                fl::i64 stride, fl::i64 pad, int fused, bool dx, fl::i64 threads) {
+    // Private, for fastlayers.profile: which algorithm a float32 convolution runs ("direct",
+    // "winograd" or "im2col") and the bytes the first two ask for (conv_direct.h, winograd.h).
+    m.def("_conv_plan", [](fl::i64 N, fl::i64 C, fl::i64 H, fl::i64 W, fl::i64 FN, fl::i64 FH, fl::i64 FW,
+                            fl::i64 stride, fl::i64 pad, int fused, fl::i64 pooled_plane, bool dx,
+                            fl::i64 threads) -> py::tuple {
         if (N < 0 || C < 0 || FN < 0 || FH < 1 || FW < 1 || stride < 1 || pad < 0 || H + 2 * pad < FH ||
-            W + 2 * pad < FW)
-            throw std::invalid_argument("_winograd_plan: not a valid convolution geometry");
+            W + 2 * pad < FW || pooled_plane < 0)
+            throw std::invalid_argument("_conv_plan: not a valid convolution geometry");
         const fl::ConvGeometry g{N, C, H, W, FN, FH, FW, stride, pad, (H + 2 * pad - FH) / stride + 1,
                                  (W + 2 * pad - FW) / stride + 1};
-        return py::make_tuple(fl::winograd_applies(g), fl::winograd_scratch_bytes(g, dx, fused, threads));
+        if (fl::direct_applies(g))
+            return py::make_tuple("direct", fl::direct_scratch_bytes(g, fused, pooled_plane, threads, dx));
+        if (fl::winograd_applies(g))
+            return py::make_tuple("winograd", fl::winograd_scratch_bytes(g, dx, fused, threads));
+        return py::make_tuple("im2col", fl::i64{0});
     });
     // Private: lets the thread-pool test show that its probe detects the fight it guards.
     m.def("_blas_separate_pools", &fl::blas::use_separate_pools, py::arg("on"), py::arg("threads"));

@@ -87,23 +87,29 @@ def get_num_threads() -> int:
     return _native.get_num_threads()
 
 
-CONV_ALGORITHMS = ("auto", "im2col", "winograd")
+CONV_ALGORITHMS = ("auto", "im2col", "winograd", "direct")
 
 
 def set_conv_algorithm(algorithm: str) -> None:
     """Which algorithm the native float32 convolutions run; float64 always runs im2col.
 
     - ``"auto"`` (the default) picks per layer and pass what measured fastest here
-      (``bench/kernels.py``, ``bench/winograd.py``): Winograd F(4x4, 3x3) for 3x3 stride-1
-      layers with padding <= 2 and at least 16 input and 16 output channels, on batches of
-      at least 4 images (forward, dW and dx), im2col + GEMM for the rest.
+      (``bench/kernels.py``, ``bench/winograd.py``): the direct convolution for stride-1
+      layers of filter width <= 7 with C*FH*FW <= 64 (first layers: few input channels) on
+      an AVX-512 CPU, forward and dW/db (a backward that wants dx runs im2col); Winograd
+      F(4x4, 3x3) for 3x3 stride-1 layers with padding <= 2 and at least 16 input and 16
+      output channels, on batches of at least 4 images (forward, dW and dx); im2col + GEMM
+      for the rest.
     - ``"im2col"``: im2col + GEMM everywhere.
     - ``"winograd"``: Winograd wherever it applies at all (3x3, stride 1, padding <= 2,
       any channel count), im2col elsewhere; for tests and comparisons.
+    - ``"direct"``: the direct convolution wherever it applies at all (AVX-512, stride 1,
+      filter width <= 7, any channel count), im2col elsewhere; for tests and comparisons.
 
     The algorithms round differently (Winograd's transforms carry about ten times the
-    rounding of a direct sum, far below training noise); each is deterministic, with the
-    same bits for any thread count. The setting is process-wide.
+    rounding of a direct sum, far below training noise; the direct path sums in another
+    order than the GEMM); each is deterministic, with the same bits for any thread count.
+    The setting is process-wide.
     """
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"set_conv_algorithm: algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")

@@ -70,9 +70,11 @@ def _team(n: int, min_per_thread: int, threads: int) -> int:
     return min(n, threads) if n >= 2 * min_per_thread else 1
 
 
-def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0) -> int:
+def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0,
+                         forward_im2col=True) -> int:
     # fused: 0 (conv alone), 1 (conv + ReLU), 2 (conv + ReLU + max pooling, whose output
-    # planes have pooled_plane pixels).
+    # planes have pooled_plane pixels). forward_im2col=False: the forward runs the direct
+    # path, whose buffers the caller counts; the pooled block's per-image output stays here.
     N, C, H, W = shape
     if N == 0:
         return 0
@@ -117,18 +119,18 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
 
     # forward: each image on one thread (im2col nested, so on that thread too), or a lone
     # image on the caller with im2col's channels spread over the team.
-    col = 0 if direct else K * tile * itemsize
+    col = 0 if direct or not forward_im2col else K * tile * itemsize
     if N == 1:
         use(slot0, 1, col)
         use(slot2, 1, image_bytes)
-        if not direct:
+        if not direct and forward_im2col:
             for p0, t in pieces:
                 use(slot1, _team(C, _min_items(FH * FW * t), threads), padded_rows(p0, t))
     else:
         team = _team(N, _min_items_macs(float(FN) * float(K) * float(P)), threads)
         use(slot0, team, col)
         use(slot2, team, image_bytes)
-        if not direct:
+        if not direct and forward_im2col:
             use(slot1, team, max(padded_rows(p0, t) for p0, t in pieces))
 
     # backward: G image groups each on one thread, or (G = 1) images in turn on the caller
@@ -208,17 +210,22 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
             raise ValueError("scratch_bytes: a convolution fused with its pooling needs the pool layer (pool=...)")
         _, _, POH, POW = pool._output((shape[0], *layer.output_shape(shape[1:])))
         pooled_plane = POH * POW
-    # Float32 3x3 stride-1 convolutions may take the Winograd path (backend.set_conv_algorithm):
-    # the native code says which passes do and what they ask for.
+    # Float32 convolutions may take the direct or the Winograd path (backend.set_conv_algorithm):
+    # the native code says which, and what it asks for. The direct path's backward runs only
+    # fused with the pooling and without dx; otherwise im2col runs it, counted below.
+    direct = 0
     if layer.dtype == np.float32:
-        winograd, nbytes = backend._native._winograd_plan(
-            *shape, layer.out_channels, FH, FW, stride, pad, int(fused), layer.needs_input_grad, max(1, threads)
+        path, nbytes = backend._native._conv_plan(
+            *shape, layer.out_channels, FH, FW, stride, pad, int(fused), pooled_plane, layer.needs_input_grad,
+            max(1, threads),
         )
-        if winograd:
+        if path == "winograd" or (path == "direct" and int(fused) >= 2 and not layer.needs_input_grad):
             return nbytes
-    return _native_conv_scratch(
+        if path == "direct":
+            direct = nbytes
+    return direct + _native_conv_scratch(
         shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad,
-        pooled_plane,
+        pooled_plane, forward_im2col=not direct,
     )
 
 
