@@ -888,7 +888,18 @@ def _run_round(pool, build_fn, jobs, data, epochs, batch_size, round_, result) -
             for i, params, seed in jobs:
                 record(i, params, seed, _train(build_fn, params, seed, data, epochs, batch_size))
             return done
-        futures = {pool.submit(params, seed, epochs, batch_size): (i, params, seed) for i, params, seed in jobs}
+        def died(e):
+            # One trial killed its worker (a crash, or the kernel's OOM killer); the pool is
+            # unusable and cannot tell which trial it was.
+            return {"status": "error", "seconds": 0.0,
+                    "error": f"a worker process died abruptly while this round ran ({e})"}
+
+        futures = {}
+        for i, params, seed in jobs:
+            try:
+                futures[pool.submit(params, seed, epochs, batch_size)] = (i, params, seed)
+            except BrokenProcessPool as e:  # a trial submitted earlier has already killed its worker
+                record(i, params, seed, died(e))
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -897,10 +908,7 @@ def _run_round(pool, build_fn, jobs, data, epochs, batch_size, round_, result) -
                 try:
                     out = f.result()
                 except BrokenProcessPool as e:
-                    # One trial killed its worker (a crash, or the kernel's OOM killer); the
-                    # pool is unusable and cannot tell which trial it was.
-                    out = {"status": "error", "seconds": 0.0,
-                           "error": f"a worker process died abruptly while this round ran ({e})"}
+                    out = died(e)
                 if out["status"] == "load_error":
                     raise RuntimeError(
                         f"random_search: the worker processes could not load build_fn: {out['error']}. "
