@@ -250,10 +250,6 @@ inline T tanh(T x, const Bounds<T>& b) {
     return std::copysign(-e / (T(2) + e), x);
 }
 
-// g = dout where out > 0, else 0: the gradient through a ReLU whose output was out. dout is
-// read unconditionally so the select if-converts and the loop vectorises; written as
-// `out > 0 ? dout[i] : 0` it stays a scalar loop with a branch per element, which random
-// signs mispredict half the time (measured 5x slower).
 #ifdef FL_AVX512_DISPATCH
 // relu_mask's float loop 16 lanes at a time (a baseline build does 4): a select, so the same
 // bits. Returns where the baseline loop takes over.
@@ -268,6 +264,10 @@ FL_TARGET_AVX512 inline i64 relu_mask_avx512(float* g, const float* out, const f
 }
 #endif
 
+// g = dout where out > 0, else 0: the gradient through a ReLU whose output was out. dout is
+// read unconditionally so the select if-converts and the loop vectorises; written as
+// `out > 0 ? dout[i] : 0` it stays a scalar loop with a branch per element, which random
+// signs mispredict half the time (measured 5x slower).
 template <class T>
 inline void relu_mask(T* g, const T* out, const T* dout, i64 n) {
     i64 start = 0;

@@ -230,6 +230,22 @@ def test_maxpool_backward_rejects_out_of_range_argmax():
             assert (dx == 5.0).all()  # refused before anything is written
 
 
+@pytest.mark.parametrize("where", [0, 7, 8, 13, 4095, 8190, 8191])
+def test_a_bad_argmax_is_found_anywhere_in_a_large_array(where):
+    """The range check runs 8 indices a step (AVX-512) with a scalar tail: a bad index in the
+    first or last step, on a step boundary or in the tail, is still reported exactly."""
+    shape = (3, 7, 17, 23)  # 8,211 entries: not a whole number of 8-index steps
+    dout = np.ones(shape, np.float32)
+    for bad in (-3, 70 * 46, 1 << 40):
+        am = np.random.default_rng(where).integers(0, 34 * 46, shape, dtype=np.int64)
+        am.reshape(-1)[where] = bad
+        dx = np.full((3, 7, 34, 46), 5.0, np.float32)
+        with pytest.raises(ValueError, match="argmax") as info:
+            N.maxpool2d_backward(dx, dout, am)
+        assert f"holds index {bad};" in str(info.value)
+        assert (dx == 5.0).all()
+
+
 def test_avgpool_counts_in_bounds_elements_by_hand():
     x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
     out = np.empty((1, 1, 2, 2))
