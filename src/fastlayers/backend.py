@@ -95,8 +95,9 @@ def set_conv_algorithm(algorithm: str) -> None:
 
     - ``"auto"`` (the default) picks per layer and pass what measured fastest here
       (``bench/kernels.py``, ``bench/winograd.py``): the direct convolution for stride-1
-      layers of filter width <= 7 with C*FH*FW <= 64 (first layers: few input channels) on
-      an AVX-512 CPU, forward and dW/db (a backward that wants dx runs im2col); Winograd
+      layers with C*FH*FW <= 64 (first layers: few input channels) on an AVX-512 CPU, for
+      the forward and for the backward of a Conv2d, ReLU, MaxPool2d block that does not
+      want dx (other backwards of such a layer run im2col); Winograd
       F(4x4, 3x3) for 3x3 stride-1 layers with padding <= 2 and at least 16 input and 16
       output channels, on batches of at least 4 images (forward, dW and dx); im2col + GEMM
       for the rest.
@@ -104,7 +105,7 @@ def set_conv_algorithm(algorithm: str) -> None:
     - ``"winograd"``: Winograd wherever it applies at all (3x3, stride 1, padding <= 2,
       any channel count), im2col elsewhere; for tests and comparisons.
     - ``"direct"``: the direct convolution wherever it applies at all (AVX-512, stride 1,
-      filter width <= 7, any channel count), im2col elsewhere; for tests and comparisons.
+      filter width <= 16, any channel count), im2col elsewhere; for tests and comparisons.
 
     The algorithms round differently (Winograd's transforms carry about ten times the
     rounding of a direct sum, far below training noise; the direct path sums in another
