@@ -188,19 +188,22 @@ FL_TARGET_AVX512 void unflatten(float* yn, const float* y, i64 ldy, const ConvGe
         }
 }
 
-// colT (P, Kp + 16): row p = oh*OW + ow holds the patch output pixel p reads, tap t at
-// colT[p*Kp + t] (t = (c*FH + i)*FW + j); [K, Kp) holds leftovers, which only reach lanes of
-// the partial sums that are never read. Filter row r is one 16-float move to colT[p*Kp + r*FW]:
-// each move's spill past its FW floats is overwritten by the next row, or by the next patch
-// (rows are built in order; 16 floats of slack after the last). Masked moves would be exact
-// but cost ~20% of this backward on this machine.
+// colT (P, Kp + 16), 64-byte aligned: row p = oh*OW + ow holds the patch output pixel p
+// reads, tap t at colT[p*Kp + t] (t = (c*FH + i)*FW + j); [K, Kp) holds zeros or copies of
+// this image's x, which only reach lanes of the partial sums that are never read. Filter row
+// r is one unaligned move of 8 or 16 floats to colT[p*Kp + r*FW]: each move's spill past its
+// FW floats is overwritten by the next row, or by the next patch (rows are built in order;
+// 16 floats of slack after the last). Masked moves would be exact but cost ~20% of this
+// backward on this machine; zeroing the row's last vector first (aligned) costs little.
 FL_TARGET_AVX512 void build_patches(float* colT, i64 Kp, const float* xf, const ConvGeometry& g, const Flat& fl) {
     const i64 FW = g.FW, rows = g.C * g.FH;
     const i64* off = fl.off.data();
+    const __m512 zero = _mm512_setzero_ps();
     for (i64 oh = 0; oh < g.OH; ++oh)
         for (i64 ow = 0; ow < g.OW; ++ow) {
             float* d = colT + (oh * g.OW + ow) * Kp;
             const float* s = xf + oh * fl.Wp + ow;
+            _mm512_store_ps(d + Kp - 16, zero);  // [K, Kp) lies in the last vector
             if (FW <= 8) {
                 // 32-byte moves: 64-byte ones at these 4-byte offsets cross a cache line every
                 // time, and measured slower here.
