@@ -670,7 +670,7 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
                 T* y = scratch.get();  // (FN, OH, OW)
                 direct_forward_image(y, x + n * CHW, d, true, g);
                 maxpool2d_forward(out + n * FNPP, argmax + n * FNPP, y, one);
-            }, min_items_macs(double(FN) * double(pl.K) * double(pl.P)));
+            }, direct_min_images(g));
             return;
         }
         if (winograd_applies(g)) {

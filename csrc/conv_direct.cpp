@@ -54,21 +54,17 @@ constexpr i64 kMaxGroups = 8;         // image groups carrying dW partials, as i
 // One image's per-thread buffers stay under this, or the layer runs im2col.
 constexpr double kMaxImageBytes = double(i64{16} << 20);
 
-// The flat layout of one geometry (conv_direct.h).
-struct Flat {
-    i64 Wp, plane;  // padded width, padded plane Hp*Wp
-    i64 Pf;         // flat positions up to the last output pixel: (OH-1)*Wp + OW
-    i64 Pr;         // Pf rounded up to the forward's 32-position blocks
-    i64 xlen;       // floats of the padded image buffer: every load stays inside it
-    std::vector<i64> off;  // (K,) flat offset of each tap
-};
+// Threads a parallel loop over items of this much work each may share them among: below
+// twice this many items it stays on one thread (conv2d.cpp's rule for its GEMM work).
+i64 min_items(double work_per_item) {
+    return std::max<i64>(1, static_cast<i64>(double(1 << 20) / std::max(1.0, work_per_item)));
+}
 
-Flat flat(const ConvGeometry& g) {
-    Flat f;
+DirectLayout flat(const ConvGeometry& g) {
+    DirectLayout f;
     f.Wp = g.W + 2 * g.pad;
     f.plane = (g.H + 2 * g.pad) * f.Wp;
-    f.Pf = (g.OH - 1) * f.Wp + g.OW;
-    f.Pr = (f.Pf + 31) / 32 * 32;
+    f.Pr = ((g.OH - 1) * f.Wp + g.OW + 31) / 32 * 32;
     f.off.reserve(static_cast<size_t>(g.C * g.FH * g.FW));
     for (i64 c = 0; c < g.C; ++c)
         for (i64 i = 0; i < g.FH; ++i)
@@ -112,7 +108,7 @@ float* scratch(i64 n) {
 }
 
 // xf (xlen,) = image xn (C, H, W) zero-padded, planes one after another, zeros after them.
-void pad_image(float* xf, const float* xn, const ConvGeometry& g, const Flat& fl) {
+void pad_image(float* xf, const float* xn, const ConvGeometry& g, const DirectLayout& fl) {
     std::memset(xf, 0, static_cast<size_t>(fl.xlen) * sizeof(float));
     for (i64 c = 0; c < g.C; ++c)
         for (i64 h = 0; h < g.H; ++h)
@@ -195,7 +191,8 @@ FL_TARGET_AVX512 void unflatten(float* yn, const float* y, i64 ldy, const ConvGe
 // FW floats is overwritten by the next row, or by the next patch (rows are built in order;
 // 16 floats of slack after the last). Masked moves would be exact but cost ~20% of this
 // backward on this machine; zeroing the row's last vector first (aligned) costs little.
-FL_TARGET_AVX512 void build_patches(float* colT, i64 Kp, const float* xf, const ConvGeometry& g, const Flat& fl) {
+FL_TARGET_AVX512 void build_patches(float* colT, i64 Kp, const float* xf, const ConvGeometry& g,
+                                    const DirectLayout& fl) {
     const i64 FW = g.FW, rows = g.C * g.FH;
     const i64* off = fl.off.data();
     const __m512 zero = _mm512_setzero_ps();
@@ -283,6 +280,7 @@ DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry&
     const i64 FN = g.FN, K = g.C * g.FH * g.FW;
     DirectFilters d;
     std::tie(d.fb, d.FNp) = blocks_of(FN, kForwardMaxBlock);
+    d.layout = flat(g);
     d.Wt.assign(static_cast<size_t>(K * d.FNp), 0.0f);
     d.bias.assign(static_cast<size_t>(d.FNp), 0.0f);
     for (i64 f = 0; f < FN; ++f) {
@@ -295,7 +293,7 @@ DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry&
 void direct_forward_image(float* yn, const float* xn, const DirectFilters& d, bool relu, const ConvGeometry& g) {
 #ifdef FL_AVX512_DISPATCH
     // yn (FN, OH, OW); xn (C, H, W)
-    const Flat fl = flat(g);
+    const DirectLayout& fl = d.layout;
     const i64 K = static_cast<i64>(fl.off.size());
     float* xf = scratch<0>(fl.xlen);         // (xlen,) padded image
     float* y = scratch<1>(d.FNp * fl.Pr);    // (FNp, Pr) flat outputs
@@ -310,13 +308,16 @@ void direct_forward_image(float* yn, const float* xn, const DirectFilters& d, bo
 #endif
 }
 
+i64 direct_min_images(const ConvGeometry& g) {
+    return min_items(double(g.FN) * double(g.C) * double(g.FH) * double(g.FW) * double(g.OH) * double(g.OW));
+}
+
 void direct_forward(float* out, const float* x, const float* W, const float* b, bool relu, const ConvGeometry& g) {
     // out (N, FN, OH, OW); x (N, C, H, W); W (FN, C, FH, FW); b (FN,)
     const DirectFilters d = direct_filters(W, b, g);
     const i64 CHW = g.C * g.H * g.W, FNP = g.FN * g.OH * g.OW;
-    const double macs = double(g.FN) * double(g.C * g.FH * g.FW) * double(g.OH * g.OW);
     parallel_for(g.N, [&](i64 n) { direct_forward_image(out + n * FNP, x + n * CHW, d, relu, g); },
-                 std::max<i64>(1, static_cast<i64>(double(1 << 20) / std::max(1.0, macs))));
+                 direct_min_images(g));
 }
 
 bool direct_backward_pooled(float* dW, float* db, const float* dout, const float* x, const float* out,
@@ -326,7 +327,7 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
     const i64 N = g.N, FN = g.FN, P = g.OH * g.OW, CHW = g.C * g.H * g.W;
     if (N == 0 || FN == 0) return true;
     if (!all_finite(x, N * CHW)) return false;
-    const Flat fl = flat(g);
+    const DirectLayout fl = flat(g);
     const i64 K = static_cast<i64>(fl.off.size()), Kp = (K + 15) / 16 * 16;
     const PooledFilter kernel = Kp <= 64 ? kPooled[Kp / 16 - 1] : nullptr;
     const i64 G = std::min(N, kMaxGroups);
@@ -353,7 +354,7 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
                 }
             }
         }
-    }, std::max<i64>(1, static_cast<i64>(double(1 << 20) / std::max(1.0, work_per_group))));
+    }, min_items(work_per_group));
     for (i64 f = 0; f < FN; ++f) {
         for (i64 t = 0; t < K; ++t) {
             float s = part[static_cast<size_t>(f * Kp + t)];
@@ -381,12 +382,9 @@ i64 direct_scratch_bytes(const ConvGeometry& g, int fused, i64 pooled_plane, i64
     const bool pooled = fused >= 2 && !dx;  // the backward runs here too
     // The threads a parallel_for over `items` uses: all (up to items), or one when there are
     // fewer than twice the minimum per thread the loop asks.
-    auto team = [&](i64 items, double work_per_item) -> i64 {
-        const i64 min_items = std::max<i64>(1, static_cast<i64>(double(1 << 20) / std::max(1.0, work_per_item)));
-        return items >= 2 * min_items ? std::min(T, items) : 1;
-    };
-    const i64 tf = team(g.N, FN * K * P);
-    const i64 tb = pooled ? team(G, FN * (double(pooled_plane) + P) * Kp * N / double(G)) : 0;
+    auto team = [&](i64 items, i64 at_least) -> i64 { return items >= 2 * at_least ? std::min(T, items) : 1; };
+    const i64 tf = team(g.N, direct_min_images(g));
+    const i64 tb = pooled ? team(G, min_items(FN * (double(pooled_plane) + P) * Kp * N / double(G))) : 0;
     // Thread j keeps, per slot, the largest request of the passes it ran: the padded image;
     // the flat outputs (forward) or the patches (backward); the masked dout (backward); and,
     // pooled, conv2d.cpp's per-image output that the forward pools.

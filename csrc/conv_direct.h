@@ -29,16 +29,29 @@ bool direct_applies(const ConvGeometry& g);
 // out (N, FN, OH, OW) = conv(x, W) + b, then max(., 0) when relu: images in parallel.
 void direct_forward(float* out, const float* x, const float* W, const float* b, bool relu, const ConvGeometry& g);
 
+// The flat layout of one geometry (see above).
+struct DirectLayout {
+    i64 Wp = 0, plane = 0;  // padded width, padded plane Hp*Wp
+    i64 Pr = 0;             // flat positions up to the last output pixel, (OH-1)*Wp + OW,
+                            // rounded up to the forward's 32-position blocks
+    i64 xlen = 0;           // floats of the padded image buffer: every load stays inside it
+    std::vector<i64> off;   // (K,) flat offset of each tap
+};
+
 // The filters as the forward reads them: Wt (K, FNp), tap-major, FN padded with zero filters
-// to FNp, a whole number of register blocks of fb filters; bias (FNp,) likewise.
+// to FNp, a whole number of register blocks of fb filters; bias (FNp,) likewise; and the
+// layout, so that a call works it out once, not once per image.
 struct DirectFilters {
     std::vector<float> Wt, bias;
     i64 fb = 0, FNp = 0;
+    DirectLayout layout;
 };
 DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry& g);
 
 // yn (FN, OH, OW) from xn (C, H, W): one image on the calling thread, for use inside a
-// parallel loop over images (the fused convolution + pooling forward).
+// parallel loop over images (the fused convolution + pooling forward), which asks for at
+// least direct_min_images(g) images per thread, as direct_forward does.
+i64 direct_min_images(const ConvGeometry& g);
 void direct_forward_image(float* yn, const float* xn, const DirectFilters& f, bool relu, const ConvGeometry& g);
 
 // The fused convolution + ReLU + max pooling backward without dx: dW (FN, C, FH, FW) and

@@ -7,24 +7,12 @@
 
 namespace fl::bind {
 
-namespace {
-
-// x and y: float arrays of one dtype and shape (any ndim), read as flat vectors.
-std::pair<Arr, Arr> pair_args(const Checker& c, py::handle x_, py::handle y_) {
-    Arr x = input(c, x_, "x", std::nullopt, nullptr);
-    Arr y = input(c, y_, "y", x.dtype, "x");
-    c.same_shape(y.a, "y", x.a, "x");
-    return {x, y};
-}
-
-}  // namespace
-
 void bind_lbfgs(py::module_& m) {
     m.def(
         "dot",
         [](py::object x_, py::object y_) {
             Checker c{"dot"};
-            auto [x, y] = pair_args(c, x_, y_);
+            auto [x, y] = input_pair(c, x_, "x", y_, "y");
             return dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -50,7 +38,7 @@ void bind_lbfgs(py::module_& m) {
         "add_scaled_forward",
         [](py::object out_, py::object x_, py::object y_, py::object alpha_) {
             Checker c{"add_scaled_forward"};
-            auto [x, y] = pair_args(c, x_, y_);
+            auto [x, y] = input_pair(c, x_, "x", y_, "y");
             Arr out = output(c, out_, "out", x.dtype, "x");
             c.same_shape(out.a, "out", x.a, "x");
             const double alpha = c.finite(alpha_, "alpha");

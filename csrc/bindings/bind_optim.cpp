@@ -266,9 +266,7 @@ void bind_optim(py::module_& m) {
         "sum_squares_diff",
         [](py::object a_, py::object b_) {
             Checker c{"sum_squares_diff"};
-            Arr a = input(c, a_, "a", std::nullopt, nullptr);
-            Arr b = input(c, b_, "b", a.dtype, "a");
-            c.same_shape(b.a, "b", a.a, "a");
+            auto [a, b] = input_pair(c, a_, "a", b_, "b");
             return dispatch(a.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;

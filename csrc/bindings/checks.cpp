@@ -228,6 +228,13 @@ Arr input(const Checker& c, py::handle obj, const char* name, std::optional<DTyp
     return {a, t};
 }
 
+std::pair<Arr, Arr> input_pair(const Checker& c, py::handle a_, const char* a_name, py::handle b_, const char* b_name) {
+    Arr a = input(c, a_, a_name, std::nullopt, nullptr);
+    Arr b = input(c, b_, b_name, a.dtype, a_name);
+    c.same_shape(b.a, b_name, a.a, a_name);
+    return {a, b};
+}
+
 Arr output(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like) {
     Arr r = input(c, obj, name, want, like);
     c.writeable(r.a, name);

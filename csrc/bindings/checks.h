@@ -9,9 +9,9 @@
 
 #include <cstdint>
 #include <initializer_list>
-#include <utility>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pool.h"
@@ -90,6 +90,9 @@ struct Arr {
 
 Arr input(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like);
 Arr output(const Checker& c, py::handle obj, const char* name, std::optional<DType> want, const char* like);
+// Two float inputs of one dtype and shape (any ndim), read as flat vectors: b is checked
+// against a (dtype, then shape).
+std::pair<Arr, Arr> input_pair(const Checker& c, py::handle a, const char* a_name, py::handle b, const char* b_name);
 // An optional gradient output: None gives std::nullopt.
 std::optional<Arr> optional_output(const Checker& c, py::handle obj, const char* name, DType want, const char* like);
 

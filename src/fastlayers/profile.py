@@ -213,7 +213,7 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
     # Float32 convolutions may take the direct or the Winograd path (backend.set_conv_algorithm):
     # the native code says which, and what it asks for. The direct path's backward runs only
     # fused with the pooling and without dx; otherwise im2col runs it, counted below.
-    direct = 0
+    path, nbytes = "im2col", 0
     if layer.dtype == np.float32:
         path, nbytes = backend._native._conv_plan(
             *shape, layer.out_channels, FH, FW, stride, pad, int(fused), pooled_plane, layer.needs_input_grad,
@@ -221,11 +221,10 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
         )
         if path == "winograd" or (path == "direct" and int(fused) >= 2 and not layer.needs_input_grad):
             return nbytes
-        if path == "direct":
-            direct = nbytes
-    return direct + _native_conv_scratch(
+    # Here nbytes is the direct forward's, or 0 on the im2col path.
+    return nbytes + _native_conv_scratch(
         shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad,
-        pooled_plane, forward_im2col=not direct,
+        pooled_plane, forward_im2col=path != "direct",
     )
 
 
