@@ -40,6 +40,7 @@
 #include "blas.h"
 #include "conv.h"
 #include "conv_direct.h"
+#include "conv_pooled.h"
 #include "isa_dispatch.h"
 #include "pool.h"
 #include "vecmath.h"
@@ -728,7 +729,8 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
         }
     };
     if constexpr (std::is_same_v<T, float>) {
-        if (!dx && direct_applies(g) && direct_backward_pooled(dW, db, dout, x, out, argmax, PP, g)) return;
+        if (!dx && direct_pooled_applies(g) && direct_backward_pooled(dW, db, dout, x, out, argmax, PP, g)) return;
+        if (pooled_backward_applies(g, PP) && pooled_backward(dx, dW, db, dout, x, W, out, argmax, PP, g)) return;
         if (winograd_applies(g)) {
             T* gfull = batch_buffer(checked_mul(g.N, FNP, "N*FN*OH*OW"));
             parallel_for(g.N, [&](i64 n) { route(gfull + n * FNP, n); }, min_items(FNP));

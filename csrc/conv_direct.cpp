@@ -22,7 +22,8 @@
 // filter's KV-vector partial sum, over four chains. The partial sums are kept per fixed
 // image group and added group by group at the end: the same bits for any thread count. A
 // dense backward of this kind (vectors along the positions) measured no faster than im2col's
-// GEMMs, so a backward that is not pooled, or wants dx, runs im2col.
+// GEMMs, so a backward that is not pooled runs im2col; one that wants dx, or has patches of
+// more than 64 floats, runs conv_pooled.cpp's channel-last sparse backward.
 //
 // db is each filter's sum of m in double, as the im2col path sums it.
 #include "conv_direct.h"
@@ -50,6 +51,7 @@ namespace {
 constexpr i64 kMaxFW = 16;            // a patch's filter row is one vector move
 constexpr i64 kForwardMaxBlock = 14;  // filters per forward block (2 vectors each)
 constexpr i64 kAutoMaxTaps = 64;      // "auto": C*FH*FW up to this
+constexpr i64 kMaxPooledTaps = 64;    // the pooled backward's patches: at most 4 vectors
 constexpr i64 kMaxGroups = 8;         // image groups carrying dW partials, as in conv2d.cpp
 // One image's per-thread buffers stay under this, or the layer runs im2col.
 constexpr double kMaxImageBytes = double(i64{16} << 20);
@@ -153,18 +155,6 @@ constexpr std::array<ForwardBlock, sizeof...(I)> forward_table(std::index_sequen
 }
 constexpr auto kForward = forward_table(std::make_index_sequence<kForwardMaxBlock>{});
 
-// Whether all of xf (n,) is finite (no infinity, no NaN).
-FL_TARGET_AVX512 bool all_finite(const float* xf, i64 n) {
-    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
-    __mmask16 bad = 0;
-    for (i64 k = 0; k < n; k += 16) {
-        const __mmask16 m = static_cast<__mmask16>(n - k >= 16 ? 0xFFFF : (1u << (n - k)) - 1u);
-        const __m512i bits = _mm512_maskz_loadu_epi32(m, xf + k);
-        bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(bits, exponent), exponent);
-    }
-    return bad == 0;
-}
-
 // Output rows from the flat block: yn[f][oh][ow] = y[f][oh*Wp + ow], through the ReLU (NaN
 // kept, as relu_forward keeps it) when asked.
 FL_TARGET_AVX512 void unflatten(float* yn, const float* y, i64 ldy, const ConvGeometry& g, i64 Wp, bool relu) {
@@ -243,17 +233,6 @@ FL_TARGET_AVX512 void pooled_filter(float* acc, const float* colT, const float* 
     }
 }
 
-// Any number of vectors a patch (a forced "direct" on wide patches): one chain.
-FL_TARGET_AVX512 void pooled_filter_any(float* acc, const float* colT, i64 Kp, const float* m, const std::int64_t* am,
-                                        i64 PP) {
-    for (i64 k = 0; k < Kp; k += 16) {
-        __m512 a = _mm512_setzero_ps();
-        for (i64 q = 0; q < PP; ++q)
-            a = _mm512_fmadd_ps(_mm512_set1_ps(m[q]), _mm512_loadu_ps(colT + am[q] * Kp + k), a);
-        _mm512_storeu_ps(acc + k, _mm512_add_ps(_mm512_loadu_ps(acc + k), a));
-    }
-}
-
 using PooledFilter = void (*)(float*, const float*, const float*, const std::int64_t*, i64);
 constexpr PooledFilter kPooled[4] = {&pooled_filter<1>, &pooled_filter<2>, &pooled_filter<3>, &pooled_filter<4>};
 
@@ -273,6 +252,10 @@ bool direct_applies(const ConvGeometry& g) {
     (void)g;
     return false;
 #endif
+}
+
+bool direct_pooled_applies(const ConvGeometry& g) {
+    return direct_applies(g) && double(g.C) * double(g.FH) * double(g.FW) <= double(kMaxPooledTaps);
 }
 
 DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry& g) {
@@ -326,10 +309,10 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
     // dW (FN, K) +=, db (FN,) +=; dout, out, argmax (N, FN, PP); x (N, C, H, W)
     const i64 N = g.N, FN = g.FN, P = g.OH * g.OW, CHW = g.C * g.H * g.W;
     if (N == 0 || FN == 0) return true;
-    if (!all_finite(x, N * CHW)) return false;
+    if (!vm::all_finite_avx512(x, N * CHW)) return false;
     const DirectLayout fl = flat(g);
     const i64 K = static_cast<i64>(fl.off.size()), Kp = (K + 15) / 16 * 16;
-    const PooledFilter kernel = Kp <= 64 ? kPooled[Kp / 16 - 1] : nullptr;
+    const PooledFilter kernel = kPooled[Kp / 16 - 1];
     const i64 G = std::min(N, kMaxGroups);
     std::vector<float> part(static_cast<size_t>(G * FN * Kp), 0.0f);  // (G, FN, Kp)
     std::vector<double> db_part(static_cast<size_t>(G * FN), 0.0);
@@ -347,11 +330,7 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
                 const float* mf = m + f * PP;
                 const std::int64_t* am = argmax + (n * FN + f) * PP;
                 db_part[static_cast<size_t>(gi * FN + f)] += vm::sum_lanes(mf, PP);
-                if (kernel) {
-                    kernel(acc + f * Kp, colT, mf, am, PP);
-                } else {
-                    pooled_filter_any(acc + f * Kp, colT, Kp, mf, am, PP);
-                }
+                kernel(acc + f * Kp, colT, mf, am, PP);
             }
         }
     }, min_items(work_per_group));
@@ -379,7 +358,7 @@ i64 direct_scratch_bytes(const ConvGeometry& g, int fused, i64 pooled_plane, i64
     const double FNp = double(blocks_of(g.FN, kForwardMaxBlock).second), Kp = std::ceil(K / 16) * 16;
     const double FN = double(g.FN), N = double(g.N);
     const i64 T = std::max<i64>(1, threads), G = std::min(g.N, kMaxGroups);
-    const bool pooled = fused >= 2 && !dx;  // the backward runs here too
+    const bool pooled = fused >= 2 && !dx && direct_pooled_applies(g);  // the backward runs here too
     // The threads a parallel_for over `items` uses: all (up to items), or one when there are
     // fewer than twice the minimum per thread the loop asks.
     auto team = [&](i64 items, i64 at_least) -> i64 { return items >= 2 * at_least ? std::min(T, items) : 1; };

@@ -22,9 +22,11 @@ namespace fl {
 
 // Whether a float32 convolution of geometry g takes the direct path (an AVX-512 CPU, stride 1,
 // FW <= 16, one image's buffers within a cap; "auto" also asks for C*FH*FW <= 64, where it
-// measured faster than im2col): the forward, and the backward of the convolution fused with
-// ReLU and max pooling when dx is not wanted. Every other backward runs im2col.
+// measured faster than im2col): the forward, and (direct_pooled_applies: C*FH*FW <= 64 in any
+// mode) the backward of the convolution fused with ReLU and max pooling when dx is not wanted.
+// Other fused backwards run conv_pooled.h's sparse backward or a dense one.
 bool direct_applies(const ConvGeometry& g);
+bool direct_pooled_applies(const ConvGeometry& g);
 
 // out (N, FN, OH, OW) = conv(x, W) + b, then max(., 0) when relu: images in parallel.
 void direct_forward(float* out, const float* x, const float* W, const float* b, bool relu, const ConvGeometry& g);
@@ -54,8 +56,8 @@ DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry&
 i64 direct_min_images(const ConvGeometry& g);
 void direct_forward_image(float* yn, const float* xn, const DirectFilters& f, bool relu, const ConvGeometry& g);
 
-// The fused convolution + ReLU + max pooling backward without dx: dW (FN, C, FH, FW) and
-// db (FN,) +=. The gradient of the convolution's output is zero except at each pooling
+// The fused convolution + ReLU + max pooling backward without dx, where direct_pooled_applies:
+// dW (FN, C, FH, FW) and db (FN,) +=. The gradient of the convolution's output is zero except at each pooling
 // window's argmax, so, with m = dout where the pooled out > 0,
 //   dW[f] += sum over pooled q of m[f][q] * patch(argmax[f][q]),   db[f] += sum over q of m[f][q]
 // (patch(p): the K inputs output pixel p reads): a quarter of the dense sum's products for

@@ -262,6 +262,20 @@ FL_TARGET_AVX512 inline i64 relu_mask_avx512(float* g, const float* out, const f
     }
     return i;
 }
+
+// Whether all of x (n,) is finite (no infinity, no NaN): the exponent bits of every value,
+// 16 at a time, the last step masked. For the AVX-512-only paths that must hand an input with
+// a non-finite value to a dense sum (conv_direct.cpp, conv_pooled.cpp).
+FL_TARGET_AVX512 inline bool all_finite_avx512(const float* x, i64 n) {
+    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
+    __mmask16 bad = 0;
+    for (i64 k = 0; k < n; k += 16) {
+        const __mmask16 m = static_cast<__mmask16>(n - k >= 16 ? 0xFFFF : (1u << (n - k)) - 1u);
+        const __m512i bits = _mm512_maskz_loadu_epi32(m, x + k);
+        bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(bits, exponent), exponent);
+    }
+    return bad == 0;
+}
 #endif
 
 // g = dout where out > 0, else 0: the gradient through a ReLU whose output was out. dout is

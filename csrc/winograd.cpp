@@ -294,7 +294,7 @@ std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx) 
     return U;
 }
 
-i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads) {
+i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads, bool backward) {
     if (!winograd_applies(g)) return 0;
     // Per-thread slots 0..3 (padded plane, V, M or dM, channel-last output or gradient), each
     // kept at the largest size any pass asks; a pass uses min(threads, chunks) threads.
@@ -314,12 +314,15 @@ i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 thread
     // Forward: the transformed filters and, pooled, the batch's output; backward: the dW
     // partials, the batch's (masked or routed) gradient and dx's transformed filters.
     const double forward = kTaps * double(g.C) * double(g.FN) + (fused == 2 ? batch_out : 0.0);
-    double backward = double(fw.chunks) * kTaps * double(g.C) * double(g.FN) + (fused >= 1 ? batch_out : 0.0);
-    if (dx) {
-        pass(tiling(g.N, g.FN, g.OH, g.OW, g.C, 2 - g.pad), g.FN, g.C);
-        backward += kTaps * double(g.C) * double(g.FN);
+    double back = 0.0;
+    if (backward) {
+        back = double(fw.chunks) * kTaps * double(g.C) * double(g.FN) + (fused >= 1 ? batch_out : 0.0);
+        if (dx) {
+            pass(tiling(g.N, g.FN, g.OH, g.OW, g.C, 2 - g.pad), g.FN, g.C);
+            back += kTaps * double(g.C) * double(g.FN);
+        }
     }
-    once = std::max(forward, backward);
+    once = std::max(forward, back);
     return static_cast<i64>((team * (slot[0] + slot[1] + slot[2] + slot[3]) + once) * sizeof(float));
 }
 

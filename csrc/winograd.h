@@ -41,7 +41,8 @@ bool winograd_dW(float* dWc, const float* g, const float* x, const ConvGeometry&
 // any pass asks), plus those of the calling thread alone (the transformed filters, the dW
 // partials, and the whole batch's convolution output or output gradient where the pooling
 // or ReLU is fused). dx: whether the backward computes dx; fused: 0 conv alone, 1 with
-// ReLU, 2 with ReLU and max pooling.
-i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads);
+// ReLU, 2 with ReLU and max pooling; backward: whether the backward runs here too (the fused
+// pooled one may run conv_pooled.h's instead).
+i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads, bool backward);
 
 }  // namespace fl

@@ -2,8 +2,9 @@
 
 With ``backend.set_conv_algorithm("direct")`` every stride-1 float32 convolution forward runs
 the direct kernel (flat positions, filters in registers), and the convolution + ReLU + max
-pooling backward without dx runs the pooled one (the gradient lives only at each window's
-argmax: dW = sum of m * patch(argmax)). Both are direct sums in another order than the GEMM,
+pooling backward without dx, patches of up to 64 floats, runs the pooled one (the gradient
+lives only at each window's argmax: dW = sum of m * patch(argmax)); wider patches, and the
+backwards that want dx, run conv_pooled.cpp's (tests/test_native_conv_pooled.py). Both are direct sums in another order than the GEMM,
 so they are held to the float64 oracle with the same bound as im2col: 2 gamma_n times the sum
 of the terms' magnitudes, n the reduction length. Awkward geometries: 1 to 4 input channels,
 planes 1 to 13, filters 1x1 to 7x7 and 16 wide, padding 0 to 3, filter counts around the
@@ -170,23 +171,6 @@ def test_pooled_backward_matches_the_oracle(cp):
     assert_close_reduction(db, rdb, mdb, N * OH * OW + 1, F32, "db")
     for a, b in zip(frozen, (d["x"], d["W"], d["dout"], out32, ram)):
         np.testing.assert_array_equal(a, b, err_msg="an input was modified")
-
-
-@pytest.mark.parametrize("cp", POOLED[::3], ids=_pid)
-def test_a_backward_that_wants_dx_runs_im2col(cp):
-    """The direct path computes no dx: with dx asked for, the fused backward gives exactly
-    what the im2col path gives, dx included."""
-    case, pool = cp
-    d = _data(case, 6, pool)
-    out, am = _fused_forward(d, case, pool)
-    res = {}
-    for algorithm in ("direct", "im2col"):
-        with backend.conv_algorithm(algorithm):
-            g = [np.full(d["x"].shape, np.nan, F32), np.zeros_like(d["W"]), np.zeros_like(d["b"])]
-            nat.conv2d_relu_maxpool2d_backward(*g, d["dout"], d["x"], d["W"], out, am, 1, case["pad"])
-            res[algorithm] = g
-    for name, a, b in zip(("dx", "dW", "db"), res["direct"], res["im2col"]):
-        assert a.tobytes() == b.tobytes(), name
 
 
 def _nonfinite(d):

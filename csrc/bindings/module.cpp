@@ -1,10 +1,13 @@
 // The extension module: build facts, thread control and every native kernel.
 #include <pybind11/stl.h>
 
+#include <string>
+
 #include "blas.h"
 #include "checks.h"
 #include "threading.h"
 #include "conv_direct.h"
+#include "conv_pooled.h"
 #include "winograd.h"
 
 namespace fl::bind {
@@ -61,8 +64,11 @@ PYBIND11_MODULE(_native, m) {
     m.def("get_num_threads", &fl::threads::num_threads);
     m.def("set_conv_algorithm", &fl::set_conv_algorithm, py::arg("algorithm"));
     m.def("get_conv_algorithm", &fl::conv_algorithm);
-    // Private, for fastlayers.profile: which algorithm a float32 convolution runs ("direct",
-    // "winograd" or "im2col") and the bytes the first two ask for (conv_direct.h, winograd.h).
+    // Private, for fastlayers.profile and the tests: which algorithms a float32 convolution's
+    // forward ("direct", "winograd" or "im2col") and backward (those, or "pooled") run, and
+    // the bytes the paths other than im2col ask for (conv_direct.h, winograd.h,
+    // conv_pooled.h). fused: 0 the convolution alone, 1 with ReLU, 2 with ReLU and max
+    // pooling into planes of pooled_plane pixels.
     m.def("_conv_plan", [](fl::i64 N, fl::i64 C, fl::i64 H, fl::i64 W, fl::i64 FN, fl::i64 FH, fl::i64 FW,
                             fl::i64 stride, fl::i64 pad, int fused, fl::i64 pooled_plane, bool dx,
                             fl::i64 threads) -> py::tuple {
@@ -71,11 +77,20 @@ PYBIND11_MODULE(_native, m) {
             throw std::invalid_argument("_conv_plan: not a valid convolution geometry");
         const fl::ConvGeometry g{N, C, H, W, FN, FH, FW, stride, pad, (H + 2 * pad - FH) / stride + 1,
                                  (W + 2 * pad - FW) / stride + 1};
-        if (fl::direct_applies(g))
-            return py::make_tuple("direct", fl::direct_scratch_bytes(g, fused, pooled_plane, threads, dx));
-        if (fl::winograd_applies(g))
-            return py::make_tuple("winograd", fl::winograd_scratch_bytes(g, dx, fused, threads));
-        return py::make_tuple("im2col", fl::i64{0});
+        // The order conv2d.cpp tries them in.
+        const bool winograd = fl::winograd_applies(g);
+        const char* forward = fl::direct_applies(g) ? "direct" : winograd ? "winograd" : "im2col";
+        const char* backward = fused >= 2 && !dx && fl::direct_pooled_applies(g)      ? "direct"
+                               : fused >= 2 && fl::pooled_backward_applies(g, pooled_plane) ? "pooled"
+                               : winograd                                                  ? "winograd"
+                                                                                           : "im2col";
+        const std::string fw = forward, bw = backward;
+        fl::i64 bytes = 0;
+        if (fw == "direct") bytes += fl::direct_scratch_bytes(g, fused, pooled_plane, threads, dx);
+        if (fw == "winograd" || bw == "winograd")
+            bytes += fl::winograd_scratch_bytes(g, dx, fused, threads, bw == "winograd");
+        if (bw == "pooled") bytes += fl::pooled_backward_scratch_bytes(g, pooled_plane, dx, threads);
+        return py::make_tuple(forward, backward, bytes);
     });
     // Private: lets the thread-pool test show that its probe detects the fight it guards.
     m.def("_blas_separate_pools", &fl::blas::use_separate_pools, py::arg("on"), py::arg("threads"));

@@ -71,10 +71,11 @@ def _team(n: int, min_per_thread: int, threads: int) -> int:
 
 
 def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0,
-                         forward_im2col=True) -> int:
+                         forward_im2col=True, backward_im2col=True) -> int:
     # fused: 0 (conv alone), 1 (conv + ReLU), 2 (conv + ReLU + max pooling, whose output
     # planes have pooled_plane pixels). forward_im2col=False: the forward runs the direct
     # path, whose buffers the caller counts; the pooled block's per-image output stays here.
+    # backward_im2col=False: another path runs the backward and the caller counts it.
     N, C, H, W = shape
     if N == 0:
         return 0
@@ -132,6 +133,9 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
         use(slot2, team, image_bytes)
         if not direct and forward_im2col:
             use(slot1, team, max(padded_rows(p0, t) for p0, t in pieces))
+
+    if not backward_im2col:
+        return sum(slot0) + sum(slot1) + sum(slot2)
 
     # backward: G image groups each on one thread, or (G = 1) images in turn on the caller
     # with im2col over channels and col2im over blocks of channels spread over the team.
@@ -210,21 +214,20 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
             raise ValueError("scratch_bytes: a convolution fused with its pooling needs the pool layer (pool=...)")
         _, _, POH, POW = pool._output((shape[0], *layer.output_shape(shape[1:])))
         pooled_plane = POH * POW
-    # Float32 convolutions may take the direct or the Winograd path (backend.set_conv_algorithm):
-    # the native code says which, and what it asks for. The direct path's backward runs only
-    # fused with the pooling and without dx; otherwise im2col runs it, counted below.
-    path, nbytes = "im2col", 0
+    # Float32 convolutions may take the direct, Winograd or sparse pooled paths
+    # (backend.set_conv_algorithm): the native code says which, and what they ask for; the
+    # passes that run im2col are counted here.
+    forward, backward, nbytes = "im2col", "im2col", 0
     if layer.dtype == np.float32:
-        path, nbytes = backend._native._conv_plan(
+        forward, backward, nbytes = backend._native._conv_plan(
             *shape, layer.out_channels, FH, FW, stride, pad, int(fused), pooled_plane, layer.needs_input_grad,
             max(1, threads),
         )
-        if path == "winograd" or (path == "direct" and int(fused) >= 2 and not layer.needs_input_grad):
-            return nbytes
-    # Here nbytes is the direct forward's, or 0 on the im2col path.
+    if forward != "im2col" and backward != "im2col" and (forward != "direct" or backward == "direct"):
+        return nbytes
     return nbytes + _native_conv_scratch(
         shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad,
-        pooled_plane, forward_im2col=path != "direct",
+        pooled_plane, forward_im2col=forward == "im2col", backward_im2col=backward == "im2col",
     )
 
 

@@ -1,0 +1,372 @@
+// The sparse backward of convolution + ReLU + max pooling (see conv_pooled.h for the math and
+// the dims legend).
+//
+// Why. Below a 2x2 pooling three quarters of the convolution's output gradient are zeros by
+// construction, and after the ReLU about half of the rest: the dense backward (im2col's GEMMs
+// or Winograd's transforms) multiplies all of them. deep_cnn's pooled layers spent 2.4 to
+// 4.5 ms each in that backward.
+//
+// Layout. Each image is copied channel-last into a zero-padded buffer xc (Hp*Wp, Cp), 64-byte
+// aligned, with zeros in the channel lanes [C, Cp). An entry's corner pixel (oh*s, ow*s) of
+// the padded plane is an offset into xc taken from a per-call table, tap t = (i, j) adds the
+// fixed offset (i*Wp + j)*Cp, and channel vector v adds 16*v: every load is an aligned vector
+// with no bounds test, whatever the stride, padding or filter size.
+//
+// dW. Per filter, the entries (corner offset, m) with m != 0 are listed first (a branch-free
+// append: m's signs are random). Then, for each channel vector and each block of up to 12
+// taps, the block's accumulators stay in registers over all the filter's entries: one
+// broadcast of m and one load plus one FMA per tap; the block's taps are independent chains,
+// which hides the FMA latency. The partial sums are kept per fixed image group (as conv2d.cpp
+// does) and added group by group at the end: the same bits for any thread count.
+//
+// dx. The same entries, in filter then pixel order, add m * W[f][c][t] (W rearranged once per
+// call to (FN, T, Cp), zero lanes past C) into dxc at the pixels they read: CV aligned vector
+// read-modify-writes per tap. Then dx_n is dxc's interior transposed back to (C, H, W).
+//
+// db is each filter's sum of m in double, as the other paths sum it.
+#include "conv_pooled.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "isa_dispatch.h"
+#include "vecmath.h"
+
+#ifdef FL_AVX512_DISPATCH
+#include <immintrin.h>
+#endif
+
+namespace fl {
+
+namespace {
+
+constexpr i64 kMaxGroups = 8;     // image groups carrying dW partials, as in conv2d.cpp
+constexpr i64 kMaxTapBlock = 12;  // dW accumulators held in registers at once
+// One image's per-thread buffers stay under this, or the layer runs the dense backward.
+constexpr double kMaxImageBytes = double(i64{16} << 20);
+
+struct Layout {
+    i64 Cp = 0, CV = 0, T = 0, Wp = 0;
+    i64 pixels = 0;          // floats of xc / dxc: Hp*Wp*Cp
+    std::vector<i64> toff;   // (T,) tap t = (i, j): (i*Wp + j)*Cp, its offset in xc or dxc
+    std::vector<i64> rows;   // (T,) t*Cp: tap t's offset in one filter (T, Cp) of dW or Wr
+    std::vector<i64> corner;  // (P,) output pixel p = (oh, ow): (oh*s*Wp + ow*s)*Cp
+};
+
+Layout layout(const ConvGeometry& g) {
+    Layout L;
+    L.Cp = (g.C + 15) / 16 * 16;
+    L.CV = L.Cp / 16;
+    L.T = g.FH * g.FW;
+    L.Wp = g.W + 2 * g.pad;
+    L.pixels = (g.H + 2 * g.pad) * L.Wp * L.Cp;
+    L.toff.reserve(static_cast<size_t>(L.T));
+    for (i64 i = 0; i < g.FH; ++i)
+        for (i64 j = 0; j < g.FW; ++j) L.toff.push_back((i * L.Wp + j) * L.Cp);
+    for (i64 t = 0; t < L.T; ++t) L.rows.push_back(t * L.Cp);
+    L.corner.reserve(static_cast<size_t>(g.OH * g.OW));
+    for (i64 oh = 0; oh < g.OH; ++oh)
+        for (i64 ow = 0; ow < g.OW; ++ow) L.corner.push_back((oh * g.stride * L.Wp + ow * g.stride) * L.Cp);
+    return L;
+}
+
+// One image's per-thread floats, from doubles: this runs before anything is known to fit.
+struct ImageBuffers {
+    double pixels;   // xc, and dxc with dx: Hp*Wp*Cp each
+    double entries;  // FN*PP: the masked dout, and the entries' m (floats) and offsets (int64)
+};
+
+ImageBuffers image_buffers(const ConvGeometry& g, i64 PP) {
+    const double Cp = std::ceil(double(g.C) / 16) * 16;
+    return {double(g.H + 2 * g.pad) * double(g.W + 2 * g.pad) * Cp, double(g.FN) * double(PP)};
+}
+
+// Threads a loop over items of this much work each may share them among (conv2d.cpp's rule:
+// 2^20 multiply-adds a thread).
+i64 min_items(double macs_per_item) {
+    return std::max<i64>(1, static_cast<i64>(double(1 << 20) / std::max(1.0, macs_per_item)));
+}
+
+#ifdef FL_AVX512_DISPATCH
+
+// This thread's buffer of n elements for slot Slot, kept across calls, on a 64-byte boundary.
+struct PooledScratch;
+template <class T, int Slot>
+T* scratch(i64 n) {
+    T* p = kept_buffer<T, PooledScratch, Slot>(n + 64 / sizeof(T));
+    return reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63});
+}
+
+// r[j][i] = the old r[i][j], i, j < 16: unpacks within 128-bit lanes make 4x4 blocks, then two
+// rounds of 128-bit lane shuffles move the blocks.
+FL_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4g + c], lane k: column 4k + c of rows 4g .. 4g + 3
+    for (int g = 0; g < 4; ++g) {
+        r[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+        const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        t[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        t[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        t[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+inline __mmask16 first(i64 n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u); }
+
+// xc (Hp*Wp, Cp) = image xn (C, H, W) channel-last, zero-padded around and past C: blocks of
+// 16 channels by 16 pixels of a row, transposed in registers, each pixel's 16 channels one
+// aligned store (one element at a time, every store would touch another cache line).
+FL_TARGET_AVX512 void to_channel_last(float* xc, const float* xn, const ConvGeometry& g, const Layout& L) {
+    std::memset(xc, 0, static_cast<size_t>(L.pixels) * sizeof(float));
+    const i64 C = g.C, H = g.H, W = g.W;
+    __m512 r[16];
+    for (i64 h = 0; h < H; ++h)
+        for (i64 c0 = 0; c0 < C; c0 += 16)
+            for (i64 w0 = 0; w0 < W; w0 += 16) {
+                const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
+                for (i64 i = 0; i < 16; ++i)
+                    r[i] = i < cn ? _mm512_maskz_loadu_ps(first(wn), xn + ((c0 + i) * H + h) * W + w0)
+                                  : _mm512_setzero_ps();
+                transpose16(r);
+                float* d = xc + ((h + g.pad) * L.Wp + g.pad + w0) * L.Cp + c0;
+                for (i64 j = 0; j < wn; ++j) _mm512_store_ps(d + j * L.Cp, r[j]);
+            }
+}
+
+// dxn (C, H, W) = the interior of dxc (Hp*Wp, Cp), channels [0, C): to_channel_last backwards.
+FL_TARGET_AVX512 void from_channel_last(float* dxn, const float* dxc, const ConvGeometry& g, const Layout& L) {
+    const i64 C = g.C, H = g.H, W = g.W;
+    __m512 r[16];
+    for (i64 h = 0; h < H; ++h)
+        for (i64 c0 = 0; c0 < C; c0 += 16)
+            for (i64 w0 = 0; w0 < W; w0 += 16) {
+                const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
+                const float* s = dxc + ((h + g.pad) * L.Wp + g.pad + w0) * L.Cp + c0;
+                for (i64 j = 0; j < 16; ++j) r[j] = j < wn ? _mm512_load_ps(s + j * L.Cp) : _mm512_setzero_ps();
+                transpose16(r);
+                for (i64 i = 0; i < cn; ++i) _mm512_mask_storeu_ps(dxn + ((c0 + i) * H + h) * W + w0, first(wn), r[i]);
+            }
+}
+
+// dst[dtoff[t]] (16 floats each, t < TB) += sum over entries k of m[k] * src[off[k] + stoff[t]]:
+// the TB sums stay in registers over all the entries, independent chains that hide the FMA
+// latency, and each destination vector is read and written once. dW: src the channel-last
+// image, off the entries' corner pixels, stoff the taps' offsets in it, dst one filter's
+// partial. dx: src the rearranged filters, off the entries' filters, stoff the taps' offsets
+// in one filter, dst the gradient image at one output pixel's corner, dtoff the taps there.
+template <int TB>
+FL_TARGET_AVX512 void sparse_block(float* dst, const i64* dtoff, const float* src, const i64* stoff, const i64* off,
+                                   const float* m, i64 ne) {
+    __m512 a[TB];
+#pragma GCC unroll 12
+    for (int t = 0; t < TB; ++t) a[t] = _mm512_setzero_ps();
+    for (i64 k = 0; k < ne; ++k) {
+        const float* base = src + off[k];
+        const __m512 mv = _mm512_set1_ps(m[k]);
+#pragma GCC unroll 12
+        for (int t = 0; t < TB; ++t) a[t] = _mm512_fmadd_ps(mv, _mm512_load_ps(base + stoff[t]), a[t]);
+    }
+#pragma GCC unroll 12
+    for (int t = 0; t < TB; ++t) {
+        float* d = dst + dtoff[t];
+        _mm512_store_ps(d, _mm512_add_ps(_mm512_load_ps(d), a[t]));
+    }
+}
+
+using SparseBlock = void (*)(float*, const i64*, const float*, const i64*, const i64*, const float*, i64);
+
+template <std::size_t... I>
+constexpr std::array<SparseBlock, sizeof...(I)> block_table(std::index_sequence<I...>) {
+    return {&sparse_block<int(I) + 1>...};
+}
+constexpr auto kBlock = block_table(std::make_index_sequence<kMaxTapBlock>{});
+
+// sparse_block over all T taps and CV channel vectors, the taps in the fewest blocks of at
+// most kMaxTapBlock, as even as possible.
+FL_TARGET_AVX512 void sparse_taps(float* dst, const i64* dtoff, const float* src, const i64* stoff, const i64* off,
+                                  const float* m, i64 ne, const Layout& L) {
+    const i64 T = L.T, nb = (T + kMaxTapBlock - 1) / kMaxTapBlock;
+    for (i64 v = 0; v < L.CV; ++v)
+        for (i64 bi = 0; bi < nb; ++bi) {
+            const i64 t0 = T * bi / nb, t1 = T * (bi + 1) / nb;
+            kBlock[static_cast<size_t>(t1 - t0 - 1)](dst + 16 * v, dtoff + t0, src + 16 * v, stoff + t0, off, m, ne);
+        }
+}
+
+#endif  // FL_AVX512_DISPATCH
+
+}  // namespace
+
+bool pooled_backward_applies(const ConvGeometry& g, i64 PP) {
+#ifdef FL_AVX512_DISPATCH
+    const int mode = conv_algorithm();
+    if (mode == kConvIm2col || mode == kConvWinograd || !cpu_has_avx512()) return false;
+    if (g.N == 0 || g.C == 0 || g.FN == 0 || g.OH < 1 || g.OW < 1 || PP < 1) return false;
+    const ImageBuffers b = image_buffers(g, PP);
+    if (4.0 * (2.0 * b.pixels + 3.0 * b.entries) > kMaxImageBytes) return false;
+    const double Cp = std::ceil(double(g.C) / 16) * 16;
+    return mode == kConvDirect || 2.0 * double(PP) * Cp <= double(g.OH) * double(g.OW) * double(g.C);
+#else
+    (void)g, (void)PP;
+    return false;
+#endif
+}
+
+bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const float* x, const float* W,
+                     const float* out, const std::int64_t* argmax, i64 PP, const ConvGeometry& g) {
+#ifdef FL_AVX512_DISPATCH
+    // dx (N, C, H, W) or null; dW (FN, C, FH, FW), db (FN,) +=; dout, out, argmax (N, FN, PP);
+    // x (N, C, H, W); W (FN, C, FH, FW)
+    const i64 N = g.N, C = g.C, FN = g.FN, CHW = C * g.H * g.W;
+    if (N == 0 || FN == 0) {
+        if (dx) std::memset(dx, 0, static_cast<size_t>(N * CHW) * sizeof(float));
+        return true;
+    }
+    const Layout L = layout(g);
+    const i64 T = L.T, Cp = L.Cp, FNT = FN * T;
+    if (dx && !vm::all_finite_avx512(W, FNT * C)) return false;
+    // Wr (FN, T, Cp): W[f][c][t] at Wr[(f*T + t)*Cp + c], zeros past C. 64-byte aligned.
+    std::vector<float> Wr_store;
+    float* Wr = nullptr;
+    if (dx) {
+        Wr_store.assign(static_cast<size_t>(FNT * Cp + 16), 0.0f);
+        Wr = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(Wr_store.data()) + 63) & ~std::uintptr_t{63});
+        for (i64 f = 0; f < FN; ++f)
+            for (i64 c = 0; c < C; ++c)
+                for (i64 t = 0; t < T; ++t) Wr[(f * T + t) * Cp + c] = W[(f * C + c) * T + t];
+    }
+    const i64 G = std::min(N, kMaxGroups), P = g.OH * g.OW;
+    std::vector<float> part_store(static_cast<size_t>(G * FNT * Cp + 16), 0.0f);  // (G, FN, T, Cp)
+    float* part = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(part_store.data()) + 63) &
+                                           ~std::uintptr_t{63});
+    std::vector<double> db_part(static_cast<size_t>(G * FN), 0.0);
+    std::vector<char> finite(static_cast<size_t>(G), 1);
+    // dx's output pixels are visited ow, ow + step, ... within a row, phase by phase, so that
+    // two pixels in a row never share an input pixel: their read-modify-writes of dxc do not
+    // wait on each other.
+    const i64 step = (g.FW + g.stride - 1) / g.stride;
+    const double macs_per_group =
+        double(FN) * double(PP) * double(T) * double(Cp) * (dx ? 2.0 : 1.0) * double(N) / double(G);
+    parallel_for(G, [&](i64 gi) {
+        float* xc = scratch<float, 0>(L.pixels);  // (Hp*Wp, Cp)
+        float* m = scratch<float, 1>(FN * PP);    // (FN, PP) dout where out > 0
+        float* em = scratch<float, 2>(FN * PP);   // entries' m, filter by filter
+        i64* eoff = scratch<i64, 3>(FN * PP);     // entries' corner offsets into xc
+        i64* epos = scratch<i64, 4>(FN * PP);     // entries' output pixels
+        i64* start = scratch<i64, 5>(FN + 1);     // filter f's entries: [start[f], start[f+1])
+        float* acc = part + gi * FNT * Cp;
+        for (i64 n = N * gi / G; n < N * (gi + 1) / G; ++n) {
+            const float* xn = x + n * CHW;
+            if (!vm::all_finite_avx512(xn, CHW)) {
+                finite[static_cast<size_t>(gi)] = 0;
+                return;
+            }
+            to_channel_last(xc, xn, g, L);
+            vm::relu_mask(m, out + n * FN * PP, dout + n * FN * PP, FN * PP);
+            i64 ne = 0;
+            for (i64 f = 0; f < FN; ++f) {
+                const float* mf = m + f * PP;
+                const std::int64_t* am = argmax + (n * FN + f) * PP;
+                db_part[static_cast<size_t>(gi * FN + f)] += vm::sum_lanes(mf, PP);
+                start[f] = ne;
+                for (i64 q = 0; q < PP; ++q) {
+                    em[ne] = mf[q];
+                    epos[ne] = am[q];
+                    eoff[ne] = L.corner[static_cast<size_t>(am[q])];
+                    ne += !(mf[q] == 0.0f);  // NaN is kept
+                }
+            }
+            start[FN] = ne;
+            for (i64 f = 0; f < FN; ++f) {
+                const i64 k0 = start[f], k1 = start[f + 1];
+                if (k0 < k1) sparse_taps(acc + f * T * Cp, L.rows.data(), xc, L.toff.data(), eoff + k0, em + k0, k1 - k0, L);
+            }
+            if (!dx) continue;
+            // The entries again, by output pixel (a counting sort that keeps filter order):
+            // pixel p's are [end[p-1], end[p]), each its filter's offset into Wr and its m.
+            i64* end = scratch<i64, 6>(P + 1);
+            i64* woff = scratch<i64, 7>(ne);
+            float* wm = scratch<float, 8>(ne);
+            std::fill(end, end + P + 1, i64{0});
+            for (i64 k = 0; k < ne; ++k) ++end[epos[k] + 1];
+            for (i64 p = 0; p < P; ++p) end[p + 1] += end[p];
+            for (i64 f = 0; f < FN; ++f)
+                for (i64 k = start[f]; k < start[f + 1]; ++k) {
+                    const i64 slot = end[epos[k]]++;
+                    woff[slot] = f * T * Cp;
+                    wm[slot] = em[k];
+                }
+            float* dxc = scratch<float, 9>(L.pixels);  // (Hp*Wp, Cp)
+            std::memset(dxc, 0, static_cast<size_t>(L.pixels) * sizeof(float));
+            for (i64 phase = 0; phase < step; ++phase)
+                for (i64 oh = 0; oh < g.OH; ++oh)
+                    for (i64 ow = phase; ow < g.OW; ow += step) {
+                        const i64 p = oh * g.OW + ow, k0 = p == 0 ? 0 : end[p - 1], k1 = end[p];
+                        if (k0 < k1)
+                            sparse_taps(dxc + L.corner[static_cast<size_t>(p)], L.toff.data(), Wr, L.rows.data(),
+                                        woff + k0, wm + k0, k1 - k0, L);
+                    }
+            from_channel_last(dx + n * CHW, dxc, g, L);
+        }
+    }, min_items(macs_per_group));
+    if (!std::all_of(finite.begin(), finite.end(), [](char ok) { return ok != 0; })) return false;
+    for (i64 f = 0; f < FN; ++f) {
+        for (i64 c = 0; c < C; ++c)
+            for (i64 t = 0; t < T; ++t) {
+                float s = part[(f * T + t) * Cp + c];
+                for (i64 gi = 1; gi < G; ++gi) s += part[((gi * FN + f) * T + t) * Cp + c];
+                dW[(f * C + c) * T + t] += s;
+            }
+        double s = 0.0;
+        for (i64 gi = 0; gi < G; ++gi) s += db_part[static_cast<size_t>(gi * FN + f)];
+        db[f] += static_cast<float>(s);
+    }
+    return true;
+#else
+    (void)dx, (void)dW, (void)db, (void)dout, (void)x, (void)W, (void)out, (void)argmax, (void)PP, (void)g;
+    throw std::logic_error("sparse pooled backward without AVX-512");
+#endif
+}
+
+i64 pooled_backward_scratch_bytes(const ConvGeometry& g, i64 PP, bool dx, i64 threads) {
+    if (!pooled_backward_applies(g, PP)) return 0;
+    const ImageBuffers b = image_buffers(g, PP);
+    const double Cp = std::ceil(double(g.C) / 16) * 16, FNT = double(g.FN) * double(g.FH) * double(g.FW);
+    const double P = double(g.OH) * double(g.OW), E = b.entries;
+    const i64 G = std::min(g.N, kMaxGroups);
+    const double macs_per_group = FNT * double(PP) * Cp * (dx ? 2.0 : 1.0) * double(g.N) / double(G);
+    const i64 team = G >= 2 * min_items(macs_per_group) ? std::min(std::max<i64>(1, threads), G) : 1;
+    // Per thread, in floats, as scratch() asks (n + 16 floats, or n + 8 int64 of two floats
+    // each): xc, the masked dout, the entries' m, corner offsets and pixels, the filters'
+    // entry ranges; with dx also the pixels' entry ranges, the entries by pixel (filter
+    // offsets and m) and dxc. The entries are counted at their most, FN*PP.
+    auto f32 = [](double n) { return n + 16; };
+    auto i64s = [](double n) { return 2 * (n + 8); };
+    double per_thread = f32(b.pixels) + f32(E) + f32(E) + i64s(E) + i64s(E) + i64s(double(g.FN) + 1);
+    if (dx) per_thread += i64s(P + 1) + i64s(E) + f32(E) + f32(b.pixels);
+    // The calling thread: the dW partials, the db partials in double, the layout's tables
+    // (int64: the corners, two tap tables) and, with dx, the rearranged filters.
+    const double once = f32(double(G) * FNT * Cp) + 2.0 * double(G) * double(g.FN) +
+                        2.0 * (P + 2.0 * double(g.FH) * double(g.FW)) + (dx ? f32(FNT * Cp) : 0.0);
+    return static_cast<i64>((double(team) * per_thread + once) * sizeof(float));
+}
+
+}  // namespace fl
