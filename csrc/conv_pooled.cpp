@@ -131,39 +131,39 @@ FL_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
 
 inline __mmask16 first(i64 n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u); }
 
-// xc (Hp*Wp, Cp) = image xn (C, H, W) channel-last, zero-padded around and past C: blocks of
-// 16 channels by 16 pixels of a row, transposed in registers, each pixel's 16 channels one
-// aligned store (one element at a time, every store would touch another cache line).
-FL_TARGET_AVX512 void to_channel_last(float* xc, const float* xn, const ConvGeometry& g, const Layout& L) {
-    std::memset(xc, 0, static_cast<size_t>(L.pixels) * sizeof(float));
-    const i64 C = g.C, H = g.H, W = g.W;
+// Between an image (C, H, W) and the interior of its channel-last copy (Hp*Wp, Cp), 16
+// channels by 16 pixels of a row at a time, transposed in registers, so that each pixel's 16
+// channels are one aligned vector (one element at a time, every access would touch another
+// cache line). ToChannelLast: src the image, dst the copy, whose lanes [C, Cp) of the block
+// get zeros; else src the copy, dst the image.
+template <bool ToChannelLast>
+FL_TARGET_AVX512 void transpose_image(float* dst, const float* src, const ConvGeometry& g, const Layout& L) {
+    const i64 C = g.C, H = g.H, W = g.W, HW = H * W, Cp = L.Cp;
     __m512 r[16];
     for (i64 h = 0; h < H; ++h)
         for (i64 c0 = 0; c0 < C; c0 += 16)
             for (i64 w0 = 0; w0 < W; w0 += 16) {
                 const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
-                for (i64 i = 0; i < 16; ++i)
-                    r[i] = i < cn ? _mm512_maskz_loadu_ps(first(wn), xn + ((c0 + i) * H + h) * W + w0)
-                                  : _mm512_setzero_ps();
+                const i64 planar = (c0 * H + h) * W + w0, last = ((h + g.pad) * L.Wp + g.pad + w0) * Cp + c0;
+                for (i64 k = 0; k < 16; ++k) {
+                    if constexpr (ToChannelLast)
+                        r[k] = k < cn ? _mm512_maskz_loadu_ps(first(wn), src + planar + k * HW) : _mm512_setzero_ps();
+                    else
+                        r[k] = k < wn ? _mm512_load_ps(src + last + k * Cp) : _mm512_setzero_ps();
+                }
                 transpose16(r);
-                float* d = xc + ((h + g.pad) * L.Wp + g.pad + w0) * L.Cp + c0;
-                for (i64 j = 0; j < wn; ++j) _mm512_store_ps(d + j * L.Cp, r[j]);
+                if constexpr (ToChannelLast) {
+                    for (i64 j = 0; j < wn; ++j) _mm512_store_ps(dst + last + j * Cp, r[j]);
+                } else {
+                    for (i64 i = 0; i < cn; ++i) _mm512_mask_storeu_ps(dst + planar + i * HW, first(wn), r[i]);
+                }
             }
 }
 
-// dxn (C, H, W) = the interior of dxc (Hp*Wp, Cp), channels [0, C): to_channel_last backwards.
-FL_TARGET_AVX512 void from_channel_last(float* dxn, const float* dxc, const ConvGeometry& g, const Layout& L) {
-    const i64 C = g.C, H = g.H, W = g.W;
-    __m512 r[16];
-    for (i64 h = 0; h < H; ++h)
-        for (i64 c0 = 0; c0 < C; c0 += 16)
-            for (i64 w0 = 0; w0 < W; w0 += 16) {
-                const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
-                const float* s = dxc + ((h + g.pad) * L.Wp + g.pad + w0) * L.Cp + c0;
-                for (i64 j = 0; j < 16; ++j) r[j] = j < wn ? _mm512_load_ps(s + j * L.Cp) : _mm512_setzero_ps();
-                transpose16(r);
-                for (i64 i = 0; i < cn; ++i) _mm512_mask_storeu_ps(dxn + ((c0 + i) * H + h) * W + w0, first(wn), r[i]);
-            }
+// xc (Hp*Wp, Cp) = image xn (C, H, W) channel-last, zero-padded around and past C.
+FL_TARGET_AVX512 void to_channel_last(float* xc, const float* xn, const ConvGeometry& g, const Layout& L) {
+    std::memset(xc, 0, static_cast<size_t>(L.pixels) * sizeof(float));
+    transpose_image<true>(xc, xn, g, L);
 }
 
 // dst[dtoff[t]] (16 floats each, t < TB) += sum over entries k of m[k] * src[off[k] + stoff[t]]:
@@ -324,7 +324,7 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
                             sparse_taps(dxc + L.corner[static_cast<size_t>(p)], L.toff.data(), Wr, L.rows.data(),
                                         woff + k0, wm + k0, k1 - k0, L);
                     }
-            from_channel_last(dx + n * CHW, dxc, g, L);
+            transpose_image<false>(dx + n * CHW, dxc, g, L);  // dx_n = dxc's interior
         }
     }, min_items(macs_per_group));
     if (!std::all_of(finite.begin(), finite.end(), [](char ok) { return ok != 0; })) return false;
