@@ -56,6 +56,7 @@ struct Layout {
     std::vector<i64> toff;   // (T,) tap t = (i, j): (i*Wp + j)*Cp, its offset in xc or dxc
     std::vector<i64> rows;   // (T,) t*Cp: tap t's offset in one filter (T, Cp) of dW or Wr
     std::vector<i64> corner;  // (P,) output pixel p = (oh, ow): (oh*s*Wp + ow*s)*Cp
+    std::vector<i64> order;   // (P,) the output pixels in the order dx visits them (below)
 };
 
 Layout layout(const ConvGeometry& g) {
@@ -72,6 +73,13 @@ Layout layout(const ConvGeometry& g) {
     L.corner.reserve(static_cast<size_t>(g.OH * g.OW));
     for (i64 oh = 0; oh < g.OH; ++oh)
         for (i64 ow = 0; ow < g.OW; ++ow) L.corner.push_back((oh * g.stride * L.Wp + ow * g.stride) * L.Cp);
+    // dx visits ow, ow + step, ... within a row, phase by phase, so that two pixels in a row
+    // never share an input pixel: their read-modify-writes of dxc do not wait on each other.
+    const i64 step = (g.FW + g.stride - 1) / g.stride;
+    L.order.reserve(L.corner.size());
+    for (i64 phase = 0; phase < step; ++phase)
+        for (i64 oh = 0; oh < g.OH; ++oh)
+            for (i64 ow = phase; ow < g.OW; ow += step) L.order.push_back(oh * g.OW + ow);
     return L;
 }
 
@@ -166,32 +174,78 @@ FL_TARGET_AVX512 void to_channel_last(float* xc, const float* xn, const ConvGeom
     transpose_image<true>(xc, xn, g, L);
 }
 
-// dst[dtoff[t]] (16 floats each, t < TB) += sum over entries k of m[k] * src[off[k] + stoff[t]]:
-// the TB sums stay in registers over all the entries, independent chains that hide the FMA
-// latency, and each destination vector is read and written once. dW: src the channel-last
-// image, off the entries' corner pixels, stoff the taps' offsets in it, dst one filter's
-// partial. dx: src the rearranged filters, off the entries' filters, stoff the taps' offsets
-// in one filter, dst the gradient image at one output pixel's corner, dtoff the taps there.
+// Appends to the entries from em[ne], epos[ne], eoff[ne] those of one filter with m != 0 (a
+// NaN is kept): m, the output pixel p = am[q] and its corner offset corner[p]; returns the new
+// count. 16 pooled outputs at a time, compressed in registers and stored whole (a compressing
+// store to memory is slow on some CPUs): a store from entry ne reaches at most entry ne + 15,
+// and ne counts at most the outputs read before, so nothing lands past f*PP + q + 16 <= FN*PP.
+FL_TARGET_AVX512 i64 append_entries(float* em, i64* epos, i64* eoff, i64 ne, const float* mf, const std::int64_t* am,
+                                    i64 PP, const i64* corner) {
+    const __m512 zero = _mm512_setzero_ps();
+    i64 q = 0;
+    for (; q + 16 <= PP; q += 16) {
+        const __m512 mv = _mm512_loadu_ps(mf + q);
+        const __mmask16 keep = _mm512_cmp_ps_mask(mv, zero, _CMP_NEQ_UQ);
+        const __mmask8 lo = static_cast<__mmask8>(keep), hi = static_cast<__mmask8>(keep >> 8);
+        const __m512i p0 = _mm512_maskz_compress_epi64(lo, _mm512_loadu_si512(am + q));
+        const __m512i p1 = _mm512_maskz_compress_epi64(hi, _mm512_loadu_si512(am + q + 8));
+        const i64 n0 = __builtin_popcount(lo), n1 = __builtin_popcount(hi);
+        const __mmask8 g0 = static_cast<__mmask8>((1u << n0) - 1u), g1 = static_cast<__mmask8>((1u << n1) - 1u);
+        _mm512_storeu_ps(em + ne, _mm512_maskz_compress_ps(keep, mv));
+        _mm512_storeu_si512(epos + ne, p0);
+        _mm512_storeu_si512(eoff + ne, _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), g0, p0, corner, 8));
+        _mm512_storeu_si512(epos + ne + n0, p1);
+        _mm512_storeu_si512(eoff + ne + n0, _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), g1, p1, corner, 8));
+        ne += n0 + n1;
+    }
+    for (; q < PP; ++q) {
+        em[ne] = mf[q];
+        epos[ne] = am[q];
+        eoff[ne] = corner[am[q]];
+        ne += !(mf[q] == 0.0f);
+    }
+    return ne;
+}
+
+// A run of entries [k0, k1) that add into one place, at offset dst from the destination.
+struct Segment {
+    i64 dst, k0, k1;
+};
+
+// For each segment: dst + seg.dst + dtoff[t] (16 floats each, t < TB) += the sum over its
+// entries k of m[k] * src[off[k] + stoff[t]]. The TB sums stay in registers over the
+// segment's entries, independent chains that hide the FMA latency, and each destination
+// vector is read and written once per segment. dW: src the channel-last image, off the
+// entries' corner pixels, stoff the taps' offsets in it; a segment per filter, at its partial.
+// dx: src the rearranged filters, off the entries' filters, stoff the taps' offsets in one
+// filter; a segment per output pixel, at its corner in the gradient image, dtoff the taps
+// there. The loop over segments is inside, so the offsets are set up once per call.
 template <int TB>
 FL_TARGET_AVX512 void sparse_block(float* dst, const i64* dtoff, const float* src, const i64* stoff, const i64* off,
-                                   const float* m, i64 ne) {
-    __m512 a[TB];
+                                   const float* m, const Segment* seg, i64 ns) {
+    i64 d[TB], so[TB];
 #pragma GCC unroll 12
-    for (int t = 0; t < TB; ++t) a[t] = _mm512_setzero_ps();
-    for (i64 k = 0; k < ne; ++k) {
-        const float* base = src + off[k];
-        const __m512 mv = _mm512_set1_ps(m[k]);
+    for (int t = 0; t < TB; ++t) d[t] = dtoff[t], so[t] = stoff[t];
+    for (i64 si = 0; si < ns; ++si) {
+        const i64 k0 = seg[si].k0, k1 = seg[si].k1;
+        if (k0 == k1) continue;
+        __m512 a[TB];
 #pragma GCC unroll 12
-        for (int t = 0; t < TB; ++t) a[t] = _mm512_fmadd_ps(mv, _mm512_load_ps(base + stoff[t]), a[t]);
-    }
+        for (int t = 0; t < TB; ++t) a[t] = _mm512_setzero_ps();
+        for (i64 k = k0; k < k1; ++k) {
+            const float* base = src + off[k];
+            const __m512 mv = _mm512_set1_ps(m[k]);
 #pragma GCC unroll 12
-    for (int t = 0; t < TB; ++t) {
-        float* d = dst + dtoff[t];
-        _mm512_store_ps(d, _mm512_add_ps(_mm512_load_ps(d), a[t]));
+            for (int t = 0; t < TB; ++t) a[t] = _mm512_fmadd_ps(mv, _mm512_load_ps(base + so[t]), a[t]);
+        }
+        float* out = dst + seg[si].dst;
+#pragma GCC unroll 12
+        for (int t = 0; t < TB; ++t) _mm512_store_ps(out + d[t], _mm512_add_ps(_mm512_load_ps(out + d[t]), a[t]));
     }
 }
 
-using SparseBlock = void (*)(float*, const i64*, const float*, const i64*, const i64*, const float*, i64);
+using SparseBlock = void (*)(float*, const i64*, const float*, const i64*, const i64*, const float*, const Segment*,
+                             i64);
 
 template <std::size_t... I>
 constexpr std::array<SparseBlock, sizeof...(I)> block_table(std::index_sequence<I...>) {
@@ -202,12 +256,12 @@ constexpr auto kBlock = block_table(std::make_index_sequence<kMaxTapBlock>{});
 // sparse_block over all T taps and CV channel vectors, the taps in the fewest blocks of at
 // most kMaxTapBlock, as even as possible.
 FL_TARGET_AVX512 void sparse_taps(float* dst, const i64* dtoff, const float* src, const i64* stoff, const i64* off,
-                                  const float* m, i64 ne, const Layout& L) {
+                                  const float* m, const Segment* seg, i64 ns, const Layout& L) {
     const i64 T = L.T, nb = (T + kMaxTapBlock - 1) / kMaxTapBlock;
     for (i64 v = 0; v < L.CV; ++v)
         for (i64 bi = 0; bi < nb; ++bi) {
             const i64 t0 = T * bi / nb, t1 = T * (bi + 1) / nb;
-            kBlock[static_cast<size_t>(t1 - t0 - 1)](dst + 16 * v, dtoff + t0, src + 16 * v, stoff + t0, off, m, ne);
+            kBlock[static_cast<size_t>(t1 - t0 - 1)](dst + 16 * v, dtoff + t0, src + 16 * v, stoff + t0, off, m, seg, ns);
         }
 }
 
@@ -259,10 +313,6 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
                                            ~std::uintptr_t{63});
     std::vector<double> db_part(static_cast<size_t>(G * FN), 0.0);
     std::vector<char> finite(static_cast<size_t>(G), 1);
-    // dx's output pixels are visited ow, ow + step, ... within a row, phase by phase, so that
-    // two pixels in a row never share an input pixel: their read-modify-writes of dxc do not
-    // wait on each other.
-    const i64 step = (g.FW + g.stride - 1) / g.stride;
     const double macs_per_group =
         double(FN) * double(PP) * double(T) * double(Cp) * (dx ? 2.0 : 1.0) * double(N) / double(G);
     parallel_for(G, [&](i64 gi) {
@@ -272,6 +322,7 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
         i64* eoff = scratch<i64, 3>(FN * PP);     // entries' corner offsets into xc
         i64* epos = scratch<i64, 4>(FN * PP);     // entries' output pixels
         i64* start = scratch<i64, 5>(FN + 1);     // filter f's entries: [start[f], start[f+1])
+        Segment* seg = kept_buffer<Segment, PooledScratch>(std::max(FN, P));  // dW's filters, dx's pixels
         float* acc = part + gi * FNT * Cp;
         for (i64 n = N * gi / G; n < N * (gi + 1) / G; ++n) {
             const float* xn = x + n * CHW;
@@ -287,18 +338,11 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
                 const std::int64_t* am = argmax + (n * FN + f) * PP;
                 db_part[static_cast<size_t>(gi * FN + f)] += vm::sum_lanes(mf, PP);
                 start[f] = ne;
-                for (i64 q = 0; q < PP; ++q) {
-                    em[ne] = mf[q];
-                    epos[ne] = am[q];
-                    eoff[ne] = L.corner[static_cast<size_t>(am[q])];
-                    ne += !(mf[q] == 0.0f);  // NaN is kept
-                }
+                ne = append_entries(em, epos, eoff, ne, mf, am, PP, L.corner.data());
             }
             start[FN] = ne;
-            for (i64 f = 0; f < FN; ++f) {
-                const i64 k0 = start[f], k1 = start[f + 1];
-                if (k0 < k1) sparse_taps(acc + f * T * Cp, L.rows.data(), xc, L.toff.data(), eoff + k0, em + k0, k1 - k0, L);
-            }
+            for (i64 f = 0; f < FN; ++f) seg[f] = {f * T * Cp, start[f], start[f + 1]};
+            sparse_taps(acc, L.rows.data(), xc, L.toff.data(), eoff, em, seg, FN, L);
             if (!dx) continue;
             // The entries again, by output pixel (a counting sort that keeps filter order):
             // pixel p's are [end[p-1], end[p]), each its filter's offset into Wr and its m.
@@ -314,16 +358,13 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
                     woff[slot] = f * T * Cp;
                     wm[slot] = em[k];
                 }
+            for (i64 o = 0; o < P; ++o) {
+                const i64 p = L.order[static_cast<size_t>(o)];
+                seg[o] = {L.corner[static_cast<size_t>(p)], p == 0 ? 0 : end[p - 1], end[p]};
+            }
             float* dxc = scratch<float, 9>(L.pixels);  // (Hp*Wp, Cp)
             std::memset(dxc, 0, static_cast<size_t>(L.pixels) * sizeof(float));
-            for (i64 phase = 0; phase < step; ++phase)
-                for (i64 oh = 0; oh < g.OH; ++oh)
-                    for (i64 ow = phase; ow < g.OW; ow += step) {
-                        const i64 p = oh * g.OW + ow, k0 = p == 0 ? 0 : end[p - 1], k1 = end[p];
-                        if (k0 < k1)
-                            sparse_taps(dxc + L.corner[static_cast<size_t>(p)], L.toff.data(), Wr, L.rows.data(),
-                                        woff + k0, wm + k0, k1 - k0, L);
-                    }
+            sparse_taps(dxc, L.toff.data(), Wr, L.rows.data(), woff, wm, seg, P, L);
             transpose_image<false>(dx + n * CHW, dxc, g, L);  // dx_n = dxc's interior
         }
     }, min_items(macs_per_group));
@@ -356,16 +397,19 @@ i64 pooled_backward_scratch_bytes(const ConvGeometry& g, i64 PP, bool dx, i64 th
     const i64 team = G >= 2 * min_items(macs_per_group) ? std::min(std::max<i64>(1, threads), G) : 1;
     // Per thread, in floats, as scratch() asks (n + 16 floats, or n + 8 int64 of two floats
     // each): xc, the masked dout, the entries' m, corner offsets and pixels, the filters'
-    // entry ranges; with dx also the pixels' entry ranges, the entries by pixel (filter
-    // offsets and m) and dxc. The entries are counted at their most, FN*PP.
+    // entry ranges, the segments (max(FN, P)); with dx also the pixels' entry ranges, the
+    // entries by pixel (filter offsets and m) and dxc. The entries are counted at their most,
+    // FN*PP.
     auto f32 = [](double n) { return n + 16; };
     auto i64s = [](double n) { return 2 * (n + 8); };
-    double per_thread = f32(b.pixels) + f32(E) + f32(E) + i64s(E) + i64s(E) + i64s(double(g.FN) + 1);
+    double per_thread = f32(b.pixels) + f32(E) + f32(E) + i64s(E) + i64s(E) + i64s(double(g.FN) + 1) +
+                        6.0 * std::max(double(g.FN), P);  // + the segments, three int64 each
     if (dx) per_thread += i64s(P + 1) + i64s(E) + f32(E) + f32(b.pixels);
     // The calling thread: the dW partials, the db partials in double, the layout's tables
-    // (int64: the corners, two tap tables) and, with dx, the rearranged filters.
+    // (int64: the corners and dx's pixel order, two tap tables) and, with dx, the rearranged
+    // filters.
     const double once = f32(double(G) * FNT * Cp) + 2.0 * double(G) * double(g.FN) +
-                        2.0 * (P + 2.0 * double(g.FH) * double(g.FW)) + (dx ? f32(FNT * Cp) : 0.0);
+                        2.0 * (2.0 * P + 2.0 * double(g.FH) * double(g.FW)) + (dx ? f32(FNT * Cp) : 0.0);
     return static_cast<i64>((double(team) * per_thread + once) * sizeof(float));
 }
 

@@ -326,12 +326,13 @@ def test_native_scratch_of_the_winograd_path():
             # groups, the channel-last image and its gradient (10*10*64 + 16 each), the masked
             # dout, the entries' m and the entries by pixel's m (64*16 + 16 each), int64 corner
             # offsets, pixels and filter offsets of the entries (2*(1024 + 8) each), and the
-            # entry ranges of the 64 filters and the 64 pixels (2*(65 + 8) each): 22,436. On the
-            # calling thread 8 dW partials 8*64*9*64 + 16, the db partials in double 2*8*64,
-            # the corner and tap tables 2*(64 + 18), the rearranged filters 64*9*64 + 16: 332,996.
+            # entry ranges of the 64 filters and the 64 pixels (2*(65 + 8) each), 64 segments of
+            # three int64: 22,820. On the calling thread 8 dW partials 8*64*9*64 + 16, the db
+            # partials in double 2*8*64, the corner, pixel order and tap tables 2*(64 + 64 + 18),
+            # the rearranged filters 64*9*64 + 16: 333,124.
             backend.set_conv_algorithm("auto")
             auto = scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
-            assert auto == (threads_used(2) * (471_296 + 22_436) + 557_056 + 332_996) * 4
+            assert auto == (threads_used(2) * (471_296 + 22_820) + 557_056 + 333_124) * 4
             backend.set_conv_algorithm("winograd")
         # With Winograd off the same layer reports im2col's workspace, which is another number.
         backend.set_conv_algorithm("im2col")
