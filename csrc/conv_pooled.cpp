@@ -369,13 +369,18 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
         }
     }, min_items(macs_per_group));
     if (!std::all_of(finite.begin(), finite.end(), [](char ok) { return ok != 0; })) return false;
+    // The groups' partials added in group order into the first, along its contiguous (f, t, c)
+    // layout and on all threads; then into dW, transposed to (f, c, t).
+    const i64 FNTC = FNT * Cp;
+    parallel_chunks(FNTC, [&](i64 a, i64 e) {
+        for (i64 gi = 1; gi < G; ++gi) {
+            const float* src = part + gi * FNTC;
+            FL_SIMD for (i64 k = a; k < e; ++k) part[k] += src[k];
+        }
+    });
     for (i64 f = 0; f < FN; ++f) {
         for (i64 c = 0; c < C; ++c)
-            for (i64 t = 0; t < T; ++t) {
-                float s = part[(f * T + t) * Cp + c];
-                for (i64 gi = 1; gi < G; ++gi) s += part[((gi * FN + f) * T + t) * Cp + c];
-                dW[(f * C + c) * T + t] += s;
-            }
+            for (i64 t = 0; t < T; ++t) dW[(f * C + c) * T + t] += part[(f * T + t) * Cp + c];
         double s = 0.0;
         for (i64 gi = 0; gi < G; ++gi) s += db_part[static_cast<size_t>(gi * FN + f)];
         db[f] += static_cast<float>(s);
