@@ -6,8 +6,8 @@
 // or Winograd's transforms) multiplies all of them. deep_cnn's pooled layers spent 2.4 to
 // 4.5 ms each in that backward.
 //
-// Layout. Each image is copied channel-last into a zero-padded buffer xc (Hp*Wp, Cp), 64-byte
-// aligned, with zeros in the channel lanes [C, Cp). An entry's corner pixel (oh*s, ow*s) of
+// Layout. Each image is copied channel-last (transpose.h) into a zero-padded buffer xc
+// (Hp*Wp, Cp), 64-byte aligned, with zeros in the channel lanes [C, Cp). An entry's corner pixel (oh*s, ow*s) of
 // the padded plane is an offset into xc taken from a per-call table, tap t = (i, j) adds the
 // fixed offset (i*Wp + j)*Cp, and channel vector v adds 16*v: every load is an aligned vector
 // with no bounds test, whatever the stride, padding or filter size.
@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "isa_dispatch.h"
+#include "transpose.h"
 #include "vecmath.h"
 
 #ifdef FL_AVX512_DISPATCH
@@ -110,68 +111,10 @@ T* scratch(i64 n) {
     return reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63});
 }
 
-// r[j][i] = the old r[i][j], i, j < 16: unpacks within 128-bit lanes make 4x4 blocks, then two
-// rounds of 128-bit lane shuffles move the blocks.
-FL_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    // u[4g + c], lane k: column 4k + c of rows 4g .. 4g + 3
-    for (int g = 0; g < 4; ++g) {
-        r[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-        r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-        r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-        r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-    }
-    for (int c = 0; c < 4; ++c) {
-        const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
-        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
-        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
-        t[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
-        t[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
-        t[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
-        t[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
-    }
-    for (int i = 0; i < 16; ++i) r[i] = t[i];
-}
-
-inline __mmask16 first(i64 n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u); }
-
-// Between an image (C, H, W) and the interior of its channel-last copy (Hp*Wp, Cp), 16
-// channels by 16 pixels of a row at a time, transposed in registers, so that each pixel's 16
-// channels are one aligned vector (one element at a time, every access would touch another
-// cache line). ToChannelLast: src the image, dst the copy, whose lanes [C, Cp) of the block
-// get zeros; else src the copy, dst the image.
-template <bool ToChannelLast>
-FL_TARGET_AVX512 void transpose_image(float* dst, const float* src, const ConvGeometry& g, const Layout& L) {
-    const i64 C = g.C, H = g.H, W = g.W, HW = H * W, Cp = L.Cp;
-    __m512 r[16];
-    for (i64 h = 0; h < H; ++h)
-        for (i64 c0 = 0; c0 < C; c0 += 16)
-            for (i64 w0 = 0; w0 < W; w0 += 16) {
-                const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
-                const i64 planar = (c0 * H + h) * W + w0, last = ((h + g.pad) * L.Wp + g.pad + w0) * Cp + c0;
-                for (i64 k = 0; k < 16; ++k) {
-                    if constexpr (ToChannelLast)
-                        r[k] = k < cn ? _mm512_maskz_loadu_ps(first(wn), src + planar + k * HW) : _mm512_setzero_ps();
-                    else
-                        r[k] = k < wn ? _mm512_load_ps(src + last + k * Cp) : _mm512_setzero_ps();
-                }
-                transpose16(r);
-                if constexpr (ToChannelLast) {
-                    for (i64 j = 0; j < wn; ++j) _mm512_store_ps(dst + last + j * Cp, r[j]);
-                } else {
-                    for (i64 i = 0; i < cn; ++i) _mm512_mask_storeu_ps(dst + planar + i * HW, first(wn), r[i]);
-                }
-            }
-}
-
 // xc (Hp*Wp, Cp) = image xn (C, H, W) channel-last, zero-padded around and past C.
 FL_TARGET_AVX512 void to_channel_last(float* xc, const float* xn, const ConvGeometry& g, const Layout& L) {
     std::memset(xc, 0, static_cast<size_t>(L.pixels) * sizeof(float));
-    transpose_image<true>(xc, xn, g, L);
+    transpose::to_channel_last(xc + (g.pad * L.Wp + g.pad) * L.Cp, L.Wp * L.Cp, L.Cp, xn, g.H * g.W, g.W, g.C, g.H, g.W);
 }
 
 // Appends to the entries from em[ne], epos[ne], eoff[ne] those of one filter with m != 0 (a
@@ -365,7 +308,8 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
             float* dxc = scratch<float, 9>(L.pixels);  // (Hp*Wp, Cp)
             std::memset(dxc, 0, static_cast<size_t>(L.pixels) * sizeof(float));
             sparse_taps(dxc, L.toff.data(), Wr, L.rows.data(), woff, wm, seg, P, L);
-            transpose_image<false>(dx + n * CHW, dxc, g, L);  // dx_n = dxc's interior
+            transpose::to_planar(dx + n * CHW, g.H * g.W, g.W, dxc + (g.pad * L.Wp + g.pad) * L.Cp, L.Wp * L.Cp, L.Cp, C,
+                          g.H, g.W);  // dx_n = dxc's interior
         }
     }, min_items(macs_per_group));
     if (!std::all_of(finite.begin(), finite.end(), [](char ok) { return ok != 0; })) return false;

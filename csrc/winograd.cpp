@@ -45,6 +45,7 @@
 
 #include "blas.h"
 #include "isa_dispatch.h"
+#include "transpose.h"
 #include "vecmath.h"
 
 namespace fl {
@@ -149,6 +150,12 @@ void to_padded_channel_last(float* xh, const float* x, const Tiling& t) {
     const i64 C = t.Cin, H = t.H, W = t.W, pad = t.pad, Wp = t.Wp;
     std::fill(xh, xh + t.Hp * Wp * C, 0.0f);
     const i64 rows = std::min(H, t.Hp - pad), cols = std::min(W, Wp - pad);
+#ifdef FL_AVX512_DISPATCH
+    if (cpu_has_avx512()) {
+        transpose::to_channel_last(xh + (pad * Wp + pad) * C, Wp * C, C, x, H * W, W, C, rows, cols);
+        return;
+    }
+#endif
     for (i64 c = 0; c < C; ++c)
         for (i64 h = 0; h < rows; ++h) {
             const float* src = x + (c * H + h) * W;  // (W,)
@@ -351,17 +358,29 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
         for (i64 n = n0; n < n1; ++n) {
             tr.output(yh, M, t, (n - n0) * t.Tn, T);
             float* o = out + n * Cout * P;  // (Cout, OH, OW)
+            // The planes gathered from the channel-last tiles (transpose.h), then, plane by
+            // plane while it is in cache, biased, checked and rectified: separate branch-free
+            // passes (a ReLU inside the gather is a branch per element that random signs
+            // mispredict half the time).
+            bool gathered = false;
+#ifdef FL_AVX512_DISPATCH
+            if (cpu_has_avx512()) {
+                transpose::to_planar(o, P, t.OW, yh, row, Cout, Cout, t.OH, t.OW);
+                gathered = true;
+            }
+#endif
             for (i64 k = 0; k < Cout; ++k) {
-                // Plane k gathered from the channel-last tiles, then checked and rectified in
-                // place while it is in cache: separate branch-free passes, the last two
-                // vectorised (a ReLU inside the gather is a branch per element that random
-                // signs mispredict half the time).
                 const float bias = b ? b[k] : 0.0f;
                 float* ok = o + k * P;
-                for (i64 oh = 0; oh < t.OH; ++oh) {
-                    const float* y = yh + oh * row + k;
-                    float* r = ok + oh * t.OW;
-                    for (i64 ow = 0; ow < t.OW; ++ow) r[ow] = y[ow * Cout] + bias;
+                if (gathered) {
+                    FL_SIMD
+                    for (i64 q = 0; q < P; ++q) ok[q] += bias;
+                } else {
+                    for (i64 oh = 0; oh < t.OH; ++oh) {
+                        const float* y = yh + oh * row + k;
+                        float* r = ok + oh * t.OW;
+                        for (i64 ow = 0; ow < t.OW; ++ow) r[ow] = y[ow * Cout] + bias;
+                    }
                 }
                 // A float32 plane's sum in double is finite exactly when every value is.
                 if (!std::isfinite(vm::sum_lanes(ok, P))) bad = true;
@@ -396,6 +415,13 @@ bool winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& 
         for (i64 n = n0; n < n1; ++n) {
             std::fill(gh, gh + 16 * t.Tn * FN, 0.0f);
             const float* gn = g + n * FN * P;  // (FN, OH, OW)
+#ifdef FL_AVX512_DISPATCH
+            if (cpu_has_avx512()) {
+                transpose::to_channel_last(gh, row, FN, gn, P, t.OW, FN, t.OH, t.OW);
+                tr.gradient(dM, gh, t, (n - n0) * t.Tn, T);
+                continue;
+            }
+#endif
             for (i64 k = 0; k < FN; ++k)
                 for (i64 oh = 0; oh < t.OH; ++oh) {
                     const float* src = gn + (k * t.OH + oh) * t.OW;

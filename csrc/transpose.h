@@ -1,0 +1,92 @@
+// Between planar images (C, H, W) and channel-last ones (H, W, C), for the convolution paths
+// that work channel-last (winograd.cpp, conv_pooled.cpp). Copied one element at a time, every
+// access on the channel-last side lands in another cache line (a pixel's channels are a
+// vector apart); here 16 channels by 16 pixels of a row go through registers at once and are
+// transposed there, so both sides move whole vectors. Pure copies: the same bits as an
+// element loop, which the baseline (non-AVX-512) builds keep.
+//
+// Dims legend: C channels, H rows, W pixels a row; a planar image has channel c's row h at
+// pl + c*pl_plane + h*pl_row; a channel-last one has pixel (h, w) at cl + h*cl_row + w*cl_pix,
+// its C channels contiguous (cl_pix >= C). Only the C channels of the H x W pixels are read or
+// written: padding around either layout is left as it is.
+#pragma once
+#include <algorithm>
+
+#include "common.h"
+#include "isa_dispatch.h"
+
+#ifdef FL_AVX512_DISPATCH
+#include <immintrin.h>
+#endif
+
+namespace fl::transpose {
+
+#ifdef FL_AVX512_DISPATCH
+
+// r[j][i] = the old r[i][j], i, j < 16: unpacks within 128-bit lanes make 4x4 blocks, then two
+// rounds of 128-bit lane shuffles move the blocks.
+FL_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4g + c], 128-bit lane k: column 4k + c of rows 4g .. 4g + 3
+    for (int g = 0; g < 4; ++g) {
+        r[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+        r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+        const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        t[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        t[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        t[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// The first n of 16 lanes (all for n >= 16).
+inline __mmask16 first_lanes(i64 n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u); }
+
+// cl (channel-last) = pl (planar), C x H x W.
+FL_TARGET_AVX512 inline void to_channel_last(float* cl, i64 cl_row, i64 cl_pix, const float* pl, i64 pl_plane,
+                                             i64 pl_row, i64 C, i64 H, i64 W) {
+    __m512 r[16];
+    for (i64 h = 0; h < H; ++h)
+        for (i64 c0 = 0; c0 < C; c0 += 16)
+            for (i64 w0 = 0; w0 < W; w0 += 16) {
+                const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
+                const float* s = pl + c0 * pl_plane + h * pl_row + w0;
+                for (i64 i = 0; i < 16; ++i)
+                    r[i] = i < cn ? _mm512_maskz_loadu_ps(first_lanes(wn), s + i * pl_plane) : _mm512_setzero_ps();
+                transpose16(r);
+                float* d = cl + h * cl_row + w0 * cl_pix + c0;
+                for (i64 j = 0; j < wn; ++j) _mm512_mask_storeu_ps(d + j * cl_pix, first_lanes(cn), r[j]);
+            }
+}
+
+// pl (planar) = cl (channel-last), C x H x W.
+FL_TARGET_AVX512 inline void to_planar(float* pl, i64 pl_plane, i64 pl_row, const float* cl, i64 cl_row, i64 cl_pix,
+                                       i64 C, i64 H, i64 W) {
+    __m512 r[16];
+    for (i64 h = 0; h < H; ++h)
+        for (i64 c0 = 0; c0 < C; c0 += 16)
+            for (i64 w0 = 0; w0 < W; w0 += 16) {
+                const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
+                const float* s = cl + h * cl_row + w0 * cl_pix + c0;
+                for (i64 j = 0; j < 16; ++j)
+                    r[j] = j < wn ? _mm512_maskz_loadu_ps(first_lanes(cn), s + j * cl_pix) : _mm512_setzero_ps();
+                transpose16(r);
+                float* d = pl + c0 * pl_plane + h * pl_row + w0;
+                for (i64 i = 0; i < cn; ++i) _mm512_mask_storeu_ps(d + i * pl_plane, first_lanes(wn), r[i]);
+            }
+}
+
+#endif  // FL_AVX512_DISPATCH
+
+}  // namespace fl::transpose
