@@ -675,13 +675,8 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
             return;
         }
         if (winograd_applies(g)) {
-            // The convolution runs a chunk of images at a time: y is the whole batch's.
-            T* y = batch_buffer(checked_mul(N, FNP, "N*FN*OH*OW"));
             const std::vector<float> U = winograd_filters(W, FN, g.C, false);
-            if (winograd_conv(y, x, U.data(), b, true, N, g.C, g.H, g.W, FN, g.pad)) {
-                maxpool2d_forward(out, argmax, y, pg);
-                return;
-            }
+            if (winograd_conv(out, x, U.data(), b, true, N, g.C, g.H, g.W, FN, g.pad, &pg, argmax)) return;
         }
     }
     if (N == 1) {

@@ -45,6 +45,7 @@
 
 #include "blas.h"
 #include "isa_dispatch.h"
+#include "pool.h"
 #include "transpose.h"
 #include "vecmath.h"
 
@@ -318,9 +319,11 @@ i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 thread
     const Tiling fw = tiling(g.N, g.C, g.H, g.W, g.FN, g.pad);
     const double batch_out = double(g.N) * double(g.FN) * double(g.OH) * double(g.OW);
     pass(fw, g.C, g.FN);  // the forward and dW run the same tiling
-    // Forward: the transformed filters and, pooled, the batch's output; backward: the dW
-    // partials, the batch's (masked or routed) gradient and dx's transformed filters.
-    const double forward = kTaps * double(g.C) * double(g.FN) + (fused == 2 ? batch_out : 0.0);
+    const double forward_team = team;
+    // Forward: the transformed filters (and, pooled, one image's output per thread, slot 5);
+    // backward: the dW partials, the batch's (masked or routed) gradient and dx's transformed
+    // filters.
+    const double forward = kTaps * double(g.C) * double(g.FN);
     double back = 0.0;
     if (backward) {
         back = double(fw.chunks) * kTaps * double(g.C) * double(g.FN) + (fused >= 1 ? batch_out : 0.0);
@@ -330,13 +333,21 @@ i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 thread
         }
     }
     once = std::max(forward, back);
-    return static_cast<i64>((team * (slot[0] + slot[1] + slot[2] + slot[3]) + once) * sizeof(float));
+    const double image_out = fused == 2 ? double(g.FN) * double(g.OH) * double(g.OW) : 0.0;
+    return static_cast<i64>((team * (slot[0] + slot[1] + slot[2] + slot[3]) + forward_team * image_out + once) *
+                            sizeof(float));
 }
 
 bool winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
-                   i64 H, i64 W, i64 Cout, i64 pad) {
-    // out (N, Cout, OH, OW); x (N, Cin, H, W); U (36, Cin, Cout); b (Cout,) or null
+                   i64 H, i64 W, i64 Cout, i64 pad, const PoolGeometry* pool, std::int64_t* argmax) {
+    // out (N, Cout, OH, OW), or pooled (N, Cout, POH, POW) with argmax alike; x (N, Cin, H, W);
+    // U (36, Cin, Cout); b (Cout,) or null
     if (N == 0 || Cout == 0) return true;
+    PoolGeometry one{};  // the pooling of one image's planes
+    if (pool) {
+        one = *pool;
+        one.N = 1;
+    }
     const Tiling t = tiling(N, Cin, H, W, Cout, pad);
     const Transforms tr = transforms();
     const i64 P = t.OH * t.OW, row = 4 * t.tw * Cout, CK = Cin * Cout;
@@ -357,7 +368,9 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
         bool bad = false;
         for (i64 n = n0; n < n1; ++n) {
             tr.output(yh, M, t, (n - n0) * t.Tn, T);
-            float* o = out + n * Cout * P;  // (Cout, OH, OW)
+            // (Cout, OH, OW): the output, or with pooling this thread's planes of one image,
+            // pooled while they are in cache.
+            float* o = pool ? scratch<5>(Cout * P) : out + n * Cout * P;
             // The planes gathered from the channel-last tiles (transpose.h), then, plane by
             // plane while it is in cache, biased, checked and rectified: separate branch-free
             // passes (a ReLU inside the gather is a branch per element that random signs
@@ -388,6 +401,10 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
                     FL_SIMD
                     for (i64 q = 0; q < P; ++q) ok[q] = ok[q] > 0.0f || ok[q] != ok[q] ? ok[q] : 0.0f;
                 }
+            }
+            if (pool) {
+                const i64 PP = pool->OH * pool->OW;
+                maxpool2d_forward(out + n * Cout * PP, argmax + n * Cout * PP, o, one);
             }
         }
         finite[static_cast<size_t>(ci)] = !bad;

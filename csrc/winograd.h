@@ -3,10 +3,12 @@
 // OH = H + 2*pad - 2, OW likewise; th, tw = ceil(OH/4), ceil(OW/4) output tiles per side.
 // The transformed filters U (36, Cin, Cout) are made by winograd_filters.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "common.h"
 #include "conv.h"
+#include "pool.h"
 
 namespace fl {
 
@@ -26,10 +28,13 @@ std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx);
 // the oracle's do. The check rides on loops that run anyway, so finite data pays nothing.
 
 // out (N, Cout, OH, OW) = 3x3 cross-correlation of x (N, Cin, H, W), zero-padded by pad, with
-// the filters U stands for, + b (Cout,) when b is non-null, then max(., 0) when relu.
-// Returns whether every value before the ReLU was finite.
+// the filters U stands for, + b (Cout,) when b is non-null, then max(., 0) when relu. With
+// pool (its N, C, H, W those of that output), out (N, Cout, POH, POW) and argmax are the max
+// pooling of it instead, image by image as maxpool2d_forward pools (the same bits), and the
+// full output never reaches memory. Returns whether every value before the ReLU was finite.
 bool winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
-                   i64 H, i64 W, i64 Cout, i64 pad);
+                   i64 H, i64 W, i64 Cout, i64 pad, const PoolGeometry* pool = nullptr,
+                   std::int64_t* argmax = nullptr);
 
 // dWc (FN, C, 3, 3) = sum over n, oh, ow of g[n, f, oh, ow] * xpad[n, c, oh + i, ow + j]
 // (overwritten); g (N, FN, OH, OW) is the gradient of the convolution's output, x (N, C, H, W)

@@ -309,19 +309,20 @@ def test_native_scratch_of_the_winograd_path():
     # and pooling, 2 threads. Tiles: 2x2 per image; V and M of an image take
     # 36 * 4 * (64 + 64) * 4 B = 73,728 B, so 28 images fill the 2 MiB chunk budget: 4 chunks
     # (already even) of 25 images, 2 threads busy. Per thread: padded plane 10*10*64, V and M
-    # 36*100*64 each, output tiles 16*4*64 floats = 471,296 floats. On the calling thread, the larger of the
-    # forward (U 36*64*64 + the batch's output 100*64*8*8) and the backward (4 chunks of dW
-    # partials + the batch's gradient + dx's filters): 1,146,880 floats. dx's convolution
-    # (64 -> 64, 8x8, pad 1) asks the same per-thread sizes.
+    # 36*100*64 each, output tiles 16*4*64 floats = 471,296 floats, and one image's output,
+    # which the forward pools, 64*8*8 = 4,096. On the calling thread, the larger of the forward
+    # (U 36*64*64) and the backward (4 chunks of dW partials + the batch's gradient
+    # 100*64*8*8 + dx's filters): 1,146,880 floats. dx's convolution (64 -> 64, 8x8, pad 1)
+    # asks the same per-thread sizes.
     conv, pool = layers.Conv2d(64, 64, 3, padding=1), layers.MaxPool2d(2)
     saved = backend.get_conv_algorithm()
     try:
         backend.set_conv_algorithm("winograd")
         got = scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
-        assert got == (threads_used(2) * 471_296 + 1_146_880) * 4  # one thread without OpenMP
+        assert got == (threads_used(2) * (471_296 + 4_096) + 1_146_880) * 4  # one thread without OpenMP
         if backend._native._conv_plan(100, 64, 8, 8, 64, 3, 3, 1, 1, 2, 16, True, 2)[1] == "pooled":
-            # "auto": the forward as above (on the calling thread U and the batch's output,
-            # 557,056 floats), the backward the sparse pooled one. Its floats, buffers rounded
+            # "auto": the forward as above (on the calling thread U, 147,456 floats), the
+            # backward the sparse pooled one. Its floats, buffers rounded
             # as it asks (n + 16 floats, n + 8 int64 of two floats): per thread, of 8 image
             # groups, the channel-last image and its gradient (10*10*64 + 16 each), the masked
             # dout, the entries' m and the entries by pixel's m (64*16 + 16 each), int64 corner
@@ -332,7 +333,7 @@ def test_native_scratch_of_the_winograd_path():
             # the rearranged filters 64*9*64 + 16: 333,124.
             backend.set_conv_algorithm("auto")
             auto = scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
-            assert auto == (threads_used(2) * (471_296 + 22_820) + 557_056 + 333_124) * 4
+            assert auto == (threads_used(2) * (471_296 + 4_096 + 22_820) + 147_456 + 333_124) * 4
             backend.set_conv_algorithm("winograd")
         # With Winograd off the same layer reports im2col's workspace, which is another number.
         backend.set_conv_algorithm("im2col")
