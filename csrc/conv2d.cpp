@@ -601,8 +601,10 @@ float* batch_buffer(i64 n) { return kept_buffer<float, ConvBatch>(n); }
 // when a result is not finite it returns false with dW and db untouched, for the caller to
 // redo the whole backward with im2col.
 bool winograd_backward(float* dx, float* dW, float* db, const float* gfull, const float* x, const float* W,
-                       const ConvGeometry& g) {
-    // dx (N, C, H, W) or null; dW (FN, C, 3, 3), db (FN,) +=; gfull (N, FN, OH, OW); x (N, C, H, W)
+                       const ConvGeometry& g, const double* plane_sums = nullptr) {
+    // dx (N, C, H, W) or null; dW (FN, C, 3, 3), db (FN,) +=; gfull (N, FN, OH, OW); x (N, C, H, W);
+    // plane_sums (N, FN) or null: sum_lanes of each plane of gfull, taken by a caller that had
+    // the plane in cache anyway (the ReLU mask), so db need not read gfull again
     const i64 N = g.N, FN = g.FN, P = g.OH * g.OW, FNK = FN * g.C * 9;
     std::vector<float> dWc(static_cast<size_t>(FNK));
     if (!winograd_dW(dWc.data(), gfull, x, g)) return false;
@@ -613,6 +615,14 @@ bool winograd_backward(float* dx, float* dW, float* db, const float* gfull, cons
     }
     for (i64 k = 0; k < FNK; ++k) dW[k] += dWc[static_cast<size_t>(k)];
     // db: each filter's sum over images then pixels, in double, one thread per filter.
+    if (plane_sums) {
+        for (i64 f = 0; f < FN; ++f) {
+            double s = 0.0;
+            for (i64 n = 0; n < N; ++n) s += plane_sums[n * FN + f];
+            db[f] += static_cast<float>(s);
+        }
+        return true;
+    }
     parallel_for(FN, [&](i64 f) {
         double s = 0.0;
         for (i64 n = 0; n < N; ++n) s += vm::sum_lanes(gfull + (n * FN + f) * P, P);
@@ -626,13 +636,20 @@ void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const 
     if constexpr (std::is_same_v<T, float>) {
         if (winograd_applies(g)) {
             const T* gfull = dout;
+            std::vector<double> sums;
             if (Relu) {
-                const i64 n = checked_mul(checked_mul(g.N, g.FN, "N*FN"), g.OH * g.OW, "N*FN*OH*OW");
-                T* masked = batch_buffer(n);
-                parallel_chunks(n, [&](i64 a, i64 e) { vm::relu_mask(masked + a, out + a, dout + a, e - a); });
+                // The masked gradient plane by plane, each plane's bias-gradient sum taken while
+                // it is in cache.
+                const i64 planes = checked_mul(g.N, g.FN, "N*FN"), P = g.OH * g.OW;
+                T* masked = batch_buffer(checked_mul(planes, P, "N*FN*OH*OW"));
+                sums.resize(static_cast<size_t>(planes));
+                parallel_for(planes, [&](i64 k) {
+                    vm::relu_mask(masked + k * P, out + k * P, dout + k * P, P);
+                    sums[static_cast<size_t>(k)] = vm::sum_lanes(masked + k * P, P);
+                }, min_items(P));
                 gfull = masked;
             }
-            if (winograd_backward(dx, dW, db, gfull, x, W, g)) return;
+            if (winograd_backward(dx, dW, db, gfull, x, W, g, sums.empty() ? nullptr : sums.data())) return;
         }
     }
     const Plan pl = plan(g, sizeof(T));

@@ -327,6 +327,8 @@ i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 thread
     double back = 0.0;
     if (backward) {
         back = double(fw.chunks) * kTaps * double(g.C) * double(g.FN) + (fused >= 1 ? batch_out : 0.0);
+        // With the ReLU alone, each plane's sum in double, taken while masking it.
+        if (fused == 1) back += 2.0 * double(g.N) * double(g.FN);
         if (dx) {
             pass(tiling(g.N, g.FN, g.OH, g.OW, g.C, 2 - g.pad), g.FN, g.C);
             back += kTaps * double(g.C) * double(g.FN);
