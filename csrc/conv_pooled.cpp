@@ -7,21 +7,25 @@
 // 4.5 ms each in that backward.
 //
 // Layout. Each image is copied channel-last (transpose.h) into a zero-padded buffer xc
-// (Hp*Wp, Cp), 64-byte aligned, with zeros in the channel lanes [C, Cp). An entry's corner pixel (oh*s, ow*s) of
-// the padded plane is an offset into xc taken from a per-call table, tap t = (i, j) adds the
-// fixed offset (i*Wp + j)*Cp, and channel vector v adds 16*v: every load is an aligned vector
-// with no bounds test, whatever the stride, padding or filter size.
+// (Hp*Wp, Cp), 64-byte aligned, with zeros in the channel lanes [C, Cp). An entry's corner
+// pixel (oh*s, ow*s) of the padded plane is an offset into xc taken from a per-call table, tap
+// t = (i, j) adds the fixed offset (i*Wp + j)*Cp, and channel vector v adds 16*v: every load is
+// an aligned vector with no bounds test, whatever the stride, padding or filter size.
 //
-// dW. Per filter, the entries (corner offset, m) with m != 0 are listed first (a branch-free
-// append: m's signs are random). Then, for each channel vector and each block of up to 12
+// dW. Per filter, the entries (corner offset, m) with m != 0 are listed first, 16 pooled
+// outputs at a time compressed in registers (m's signs are random: a branch per output would
+// be mispredicted half the time). Then, for each channel vector and each block of up to 12
 // taps, the block's accumulators stay in registers over all the filter's entries: one
 // broadcast of m and one load plus one FMA per tap; the block's taps are independent chains,
 // which hides the FMA latency. The partial sums are kept per fixed image group (as conv2d.cpp
 // does) and added group by group at the end: the same bits for any thread count.
 //
-// dx. The same entries, in filter then pixel order, add m * W[f][c][t] (W rearranged once per
-// call to (FN, T, Cp), zero lanes past C) into dxc at the pixels they read: CV aligned vector
-// read-modify-writes per tap. Then dx_n is dxc's interior transposed back to (C, H, W).
+// dx. The same entries, sorted by output pixel (a counting sort that keeps the filter order),
+// add m * W[f][c][t] (W rearranged once per call to (FN, T, Cp), zero lanes past C) at the
+// pixels that output pixel read: per pixel and tap block the sums stay in registers over its
+// entries, then one aligned read-modify-write of dxc per tap and channel vector. Pixels are
+// visited so that consecutive ones share no input pixel. Then dx_n is dxc's interior
+// transposed back to (C, H, W).
 //
 // db is each filter's sum of m in double, as the other paths sum it.
 #include "conv_pooled.h"
@@ -47,7 +51,7 @@ namespace fl {
 namespace {
 
 constexpr i64 kMaxGroups = 8;     // image groups carrying dW partials, as in conv2d.cpp
-constexpr i64 kMaxTapBlock = 12;  // dW accumulators held in registers at once
+constexpr i64 kMaxTapBlock = 12;  // accumulators held in registers at once
 // One image's per-thread buffers stay under this, or the layer runs the dense backward.
 constexpr double kMaxImageBytes = double(i64{16} << 20);
 
