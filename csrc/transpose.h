@@ -53,38 +53,41 @@ FL_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
 // The first n of 16 lanes (all for n >= 16).
 inline __mmask16 first_lanes(i64 n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u); }
 
-// cl (channel-last) = pl (planar), C x H x W.
-FL_TARGET_AVX512 inline void to_channel_last(float* cl, i64 cl_row, i64 cl_pix, const float* pl, i64 pl_plane,
-                                             i64 pl_row, i64 C, i64 H, i64 W) {
+// One block: dst[j*dst_stride + i] = src[i*src_stride + j] for i < ni, j < nj (both <= 16).
+FL_TARGET_AVX512 inline void transpose_block(float* dst, i64 dst_stride, const float* src, i64 src_stride, i64 ni,
+                                             i64 nj) {
     __m512 r[16];
+    for (i64 i = 0; i < 16; ++i)
+        r[i] = i < ni ? _mm512_maskz_loadu_ps(first_lanes(nj), src + i * src_stride) : _mm512_setzero_ps();
+    transpose16(r);
+    for (i64 j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + j * dst_stride, first_lanes(ni), r[j]);
+}
+
+// block(h, c0, w0, cn, wn) for every block of cn <= 16 channels from c0 by wn <= 16 pixels
+// from w0 of row h.
+template <class Block>
+inline void for_each_block(i64 C, i64 H, i64 W, Block block) {
     for (i64 h = 0; h < H; ++h)
         for (i64 c0 = 0; c0 < C; c0 += 16)
-            for (i64 w0 = 0; w0 < W; w0 += 16) {
-                const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
-                const float* s = pl + c0 * pl_plane + h * pl_row + w0;
-                for (i64 i = 0; i < 16; ++i)
-                    r[i] = i < cn ? _mm512_maskz_loadu_ps(first_lanes(wn), s + i * pl_plane) : _mm512_setzero_ps();
-                transpose16(r);
-                float* d = cl + h * cl_row + w0 * cl_pix + c0;
-                for (i64 j = 0; j < wn; ++j) _mm512_mask_storeu_ps(d + j * cl_pix, first_lanes(cn), r[j]);
-            }
+            for (i64 w0 = 0; w0 < W; w0 += 16) block(h, c0, w0, std::min<i64>(16, C - c0), std::min<i64>(16, W - w0));
+}
+
+// cl (channel-last) = pl (planar), C x H x W.
+inline void to_channel_last(float* cl, i64 cl_row, i64 cl_pix, const float* pl, i64 pl_plane, i64 pl_row, i64 C,
+                            i64 H, i64 W) {
+    for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
+        transpose_block(cl + h * cl_row + w0 * cl_pix + c0, cl_pix, pl + c0 * pl_plane + h * pl_row + w0, pl_plane, cn,
+                        wn);
+    });
 }
 
 // pl (planar) = cl (channel-last), C x H x W.
-FL_TARGET_AVX512 inline void to_planar(float* pl, i64 pl_plane, i64 pl_row, const float* cl, i64 cl_row, i64 cl_pix,
-                                       i64 C, i64 H, i64 W) {
-    __m512 r[16];
-    for (i64 h = 0; h < H; ++h)
-        for (i64 c0 = 0; c0 < C; c0 += 16)
-            for (i64 w0 = 0; w0 < W; w0 += 16) {
-                const i64 cn = std::min<i64>(16, C - c0), wn = std::min<i64>(16, W - w0);
-                const float* s = cl + h * cl_row + w0 * cl_pix + c0;
-                for (i64 j = 0; j < 16; ++j)
-                    r[j] = j < wn ? _mm512_maskz_loadu_ps(first_lanes(cn), s + j * cl_pix) : _mm512_setzero_ps();
-                transpose16(r);
-                float* d = pl + c0 * pl_plane + h * pl_row + w0;
-                for (i64 i = 0; i < cn; ++i) _mm512_mask_storeu_ps(d + i * pl_plane, first_lanes(wn), r[i]);
-            }
+inline void to_planar(float* pl, i64 pl_plane, i64 pl_row, const float* cl, i64 cl_row, i64 cl_pix, i64 C, i64 H,
+                      i64 W) {
+    for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
+        transpose_block(pl + c0 * pl_plane + h * pl_row + w0, pl_plane, cl + h * cl_row + w0 * cl_pix + c0, cl_pix, wn,
+                        cn);
+    });
 }
 
 #endif  // FL_AVX512_DISPATCH
