@@ -591,8 +591,8 @@ std::vector<T> transposed_filters(const T* W, const ConvGeometry& g, const Plan&
     return Wt;
 }
 
-// The whole batch's convolution output or output gradient, for the Winograd path with a
-// fused ReLU or pooling: kept on the calling thread across calls, like the scratch above.
+// The whole batch's convolution output gradient, for the Winograd backward with a fused ReLU
+// or pooling: kept on the calling thread across calls, like the scratch above.
 struct ConvBatch;
 float* batch_buffer(i64 n) { return kept_buffer<float, ConvBatch>(n); }
 
