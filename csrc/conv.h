@@ -6,6 +6,7 @@
 // The bindings validate the geometry: stride >= 1, pad >= 0, H + 2*pad >= FH,
 // W + 2*pad >= FW, OH = (H + 2*pad - FH) / stride + 1 (likewise OW), and every size fits int64.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "common.h"
@@ -25,6 +26,13 @@ struct ConvGeometry {
 // (winograd.h, conv_direct.h); kConvWinograd runs Winograd wherever it applies, kConvDirect
 // the direct path wherever it applies, im2col elsewhere.
 enum ConvAlgorithm : int { kConvAuto = 0, kConvIm2col = 1, kConvWinograd = 2, kConvDirect = 3 };
+
+// The fewest items of this many multiply-adds each that a parallel loop over them gives a
+// thread (2^20 multiply-adds before a second thread is worth waking): parallel_for's
+// min_per_thread for the convolution paths' GEMM-like work.
+inline i64 min_items_macs(double macs_per_item) {
+    return std::max<i64>(1, static_cast<i64>(double(1 << 20) / std::max(1.0, macs_per_item)));
+}
 void set_conv_algorithm(int algorithm);
 int conv_algorithm();
 

@@ -62,18 +62,12 @@ constexpr i64 kScratchBytes = i64{1} << 20;
 // stay under kPartialBytes (a huge W gets fewer groups, down to one).
 constexpr i64 kMaxGroups = 8;
 constexpr i64 kPartialBytes = i64{32} << 20;
-// Work a thread must have before a second one is worth waking: copy passes count elements,
-// GEMM work counts multiply-adds.
+// Elements a copy pass gives a thread before a second one is worth waking (GEMM work counts
+// multiply-adds instead: min_items_macs, conv.h).
 constexpr i64 kMinElementsPerThread = i64{1} << 14;
-constexpr double kMinMacsPerThread = double(1 << 20);
 
 i64 min_items(i64 elements_per_item) {
     return std::max<i64>(1, kMinElementsPerThread / std::max<i64>(1, elements_per_item));
-}
-
-i64 min_items_macs(double macs_per_item) {
-    const double m = kMinMacsPerThread / std::max(1.0, macs_per_item);
-    return m >= 1e15 ? i64{1} << 50 : std::max<i64>(1, static_cast<i64>(m));
 }
 
 // This thread's scratch for slot Slot, kept across calls when within kScratchBytes (a

@@ -56,12 +56,6 @@ constexpr i64 kMaxGroups = 8;         // image groups carrying dW partials, as i
 // One image's per-thread buffers stay under this, or the layer runs im2col.
 constexpr double kMaxImageBytes = double(i64{16} << 20);
 
-// Threads a parallel loop over items of this much work each may share them among: below
-// twice this many items it stays on one thread (conv2d.cpp's rule for its GEMM work).
-i64 min_items(double work_per_item) {
-    return std::max<i64>(1, static_cast<i64>(double(1 << 20) / std::max(1.0, work_per_item)));
-}
-
 DirectLayout flat(const ConvGeometry& g) {
     DirectLayout f;
     f.Wp = g.W + 2 * g.pad;
@@ -292,7 +286,7 @@ void direct_forward_image(float* yn, const float* xn, const DirectFilters& d, bo
 }
 
 i64 direct_min_images(const ConvGeometry& g) {
-    return min_items(double(g.FN) * double(g.C) * double(g.FH) * double(g.FW) * double(g.OH) * double(g.OW));
+    return min_items_macs(double(g.FN) * double(g.C) * double(g.FH) * double(g.FW) * double(g.OH) * double(g.OW));
 }
 
 void direct_forward(float* out, const float* x, const float* W, const float* b, bool relu, const ConvGeometry& g) {
@@ -333,7 +327,7 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
                 kernel(acc + f * Kp, colT, mf, am, PP);
             }
         }
-    }, min_items(work_per_group));
+    }, min_items_macs(work_per_group));
     for (i64 f = 0; f < FN; ++f) {
         for (i64 t = 0; t < K; ++t) {
             float s = part[static_cast<size_t>(f * Kp + t)];
@@ -363,7 +357,7 @@ i64 direct_scratch_bytes(const ConvGeometry& g, int fused, i64 pooled_plane, i64
     // fewer than twice the minimum per thread the loop asks.
     auto team = [&](i64 items, i64 at_least) -> i64 { return items >= 2 * at_least ? std::min(T, items) : 1; };
     const i64 tf = team(g.N, direct_min_images(g));
-    const i64 tb = pooled ? team(G, min_items(FN * (double(pooled_plane) + P) * Kp * N / double(G))) : 0;
+    const i64 tb = pooled ? team(G, min_items_macs(FN * (double(pooled_plane) + P) * Kp * N / double(G))) : 0;
     // Thread j keeps, per slot, the largest request of the passes it ran: the padded image;
     // the flat outputs (forward) or the patches (backward); the masked dout (backward); and,
     // pooled, conv2d.cpp's per-image output that the forward pools.

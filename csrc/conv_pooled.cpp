@@ -99,12 +99,6 @@ ImageBuffers image_buffers(const ConvGeometry& g, i64 PP) {
     return {double(g.H + 2 * g.pad) * double(g.W + 2 * g.pad) * Cp, double(g.FN) * double(PP)};
 }
 
-// Threads a loop over items of this much work each may share them among (conv2d.cpp's rule:
-// 2^20 multiply-adds a thread).
-i64 min_items(double macs_per_item) {
-    return std::max<i64>(1, static_cast<i64>(double(1 << 20) / std::max(1.0, macs_per_item)));
-}
-
 #ifdef FL_AVX512_DISPATCH
 
 // This thread's buffer of n elements for slot Slot, kept across calls, on a 64-byte boundary.
@@ -315,7 +309,7 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
             transpose::to_planar(dx + n * CHW, g.H * g.W, g.W, dxc + (g.pad * L.Wp + g.pad) * L.Cp, L.Wp * L.Cp, L.Cp, C,
                           g.H, g.W);  // dx_n = dxc's interior
         }
-    }, min_items(macs_per_group));
+    }, min_items_macs(macs_per_group));
     if (!std::all_of(finite.begin(), finite.end(), [](char ok) { return ok != 0; })) return false;
     // The groups' partials added in group order into the first, along its contiguous (f, t, c)
     // layout and on all threads; then into dW, transposed to (f, c, t).
@@ -347,7 +341,7 @@ i64 pooled_backward_scratch_bytes(const ConvGeometry& g, i64 PP, bool dx, i64 th
     const double P = double(g.OH) * double(g.OW), E = b.entries;
     const i64 G = std::min(g.N, kMaxGroups);
     const double macs_per_group = FNT * double(PP) * Cp * (dx ? 2.0 : 1.0) * double(g.N) / double(G);
-    const i64 team = G >= 2 * min_items(macs_per_group) ? std::min(std::max<i64>(1, threads), G) : 1;
+    const i64 team = G >= 2 * min_items_macs(macs_per_group) ? std::min(std::max<i64>(1, threads), G) : 1;
     // Per thread, in floats, as scratch() asks (n + 16 floats, or n + 8 int64 of two floats
     // each): xc, the masked dout, the entries' m, corner offsets and pixels, the filters'
     // entry ranges, the segments (max(FN, P)); with dx also the pixels' entry ranges, the
