@@ -2,8 +2,8 @@
 // that work channel-last (winograd.cpp, conv_pooled.cpp). Copied one element at a time, every
 // access on the channel-last side lands in another cache line (a pixel's channels are a
 // vector apart); here 16 channels by 16 pixels of a row go through registers at once and are
-// transposed there, so both sides move whole vectors. Pure copies: the same bits as an
-// element loop, which the baseline (non-AVX-512) builds keep.
+// transposed there, so both sides move whole vectors. Pure copies: the same bits as the
+// element loop that a CPU without AVX-512 runs (to_channel_last and to_planar choose).
 //
 // Dims legend: C channels, H rows, W pixels a row; a planar image has channel c's row h at
 // pl + c*pl_plane + h*pl_row; a channel-last one has pixel (h, w) at cl + h*cl_row + w*cl_pix,
@@ -72,24 +72,40 @@ inline void for_each_block(i64 C, i64 H, i64 W, Block block) {
             for (i64 w0 = 0; w0 < W; w0 += 16) block(h, c0, w0, std::min<i64>(16, C - c0), std::min<i64>(16, W - w0));
 }
 
+#endif  // FL_AVX512_DISPATCH
+
 // cl (channel-last) = pl (planar), C x H x W.
 inline void to_channel_last(float* cl, i64 cl_row, i64 cl_pix, const float* pl, i64 pl_plane, i64 pl_row, i64 C,
                             i64 H, i64 W) {
-    for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
-        transpose_block(cl + h * cl_row + w0 * cl_pix + c0, cl_pix, pl + c0 * pl_plane + h * pl_row + w0, pl_plane, cn,
-                        wn);
-    });
+#ifdef FL_AVX512_DISPATCH
+    if (cpu_has_avx512()) {
+        for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
+            transpose_block(cl + h * cl_row + w0 * cl_pix + c0, cl_pix, pl + c0 * pl_plane + h * pl_row + w0, pl_plane,
+                            cn, wn);
+        });
+        return;
+    }
+#endif
+    for (i64 c = 0; c < C; ++c)
+        for (i64 h = 0; h < H; ++h)
+            for (i64 w = 0; w < W; ++w) cl[h * cl_row + w * cl_pix + c] = pl[c * pl_plane + h * pl_row + w];
 }
 
 // pl (planar) = cl (channel-last), C x H x W.
 inline void to_planar(float* pl, i64 pl_plane, i64 pl_row, const float* cl, i64 cl_row, i64 cl_pix, i64 C, i64 H,
                       i64 W) {
-    for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
-        transpose_block(pl + c0 * pl_plane + h * pl_row + w0, pl_plane, cl + h * cl_row + w0 * cl_pix + c0, cl_pix, wn,
-                        cn);
-    });
+#ifdef FL_AVX512_DISPATCH
+    if (cpu_has_avx512()) {
+        for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
+            transpose_block(pl + c0 * pl_plane + h * pl_row + w0, pl_plane, cl + h * cl_row + w0 * cl_pix + c0, cl_pix,
+                            wn, cn);
+        });
+        return;
+    }
+#endif
+    for (i64 c = 0; c < C; ++c)
+        for (i64 h = 0; h < H; ++h)
+            for (i64 w = 0; w < W; ++w) pl[c * pl_plane + h * pl_row + w] = cl[h * cl_row + w * cl_pix + c];
 }
-
-#endif  // FL_AVX512_DISPATCH
 
 }  // namespace fl::transpose

@@ -151,18 +151,7 @@ void to_padded_channel_last(float* xh, const float* x, const Tiling& t) {
     const i64 C = t.Cin, H = t.H, W = t.W, pad = t.pad, Wp = t.Wp;
     std::fill(xh, xh + t.Hp * Wp * C, 0.0f);
     const i64 rows = std::min(H, t.Hp - pad), cols = std::min(W, Wp - pad);
-#ifdef FL_AVX512_DISPATCH
-    if (cpu_has_avx512()) {
-        transpose::to_channel_last(xh + (pad * Wp + pad) * C, Wp * C, C, x, H * W, W, C, rows, cols);
-        return;
-    }
-#endif
-    for (i64 c = 0; c < C; ++c)
-        for (i64 h = 0; h < rows; ++h) {
-            const float* src = x + (c * H + h) * W;  // (W,)
-            float* dst = xh + ((h + pad) * Wp + pad) * C + c;
-            for (i64 w = 0; w < cols; ++w) dst[w * C] = src[w];
-        }
+    transpose::to_channel_last(xh + (pad * Wp + pad) * C, Wp * C, C, x, H * W, W, C, rows, cols);
 }
 
 // V[xi][t0 + tile][c] (V is (36, T, Cin)) for every tile of one image's padded plane xh.
@@ -377,26 +366,12 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
             // plane while it is in cache, biased, checked and rectified: separate branch-free
             // passes (a ReLU inside the gather is a branch per element that random signs
             // mispredict half the time).
-            bool gathered = false;
-#ifdef FL_AVX512_DISPATCH
-            if (cpu_has_avx512()) {
-                transpose::to_planar(o, P, t.OW, yh, row, Cout, Cout, t.OH, t.OW);
-                gathered = true;
-            }
-#endif
+            transpose::to_planar(o, P, t.OW, yh, row, Cout, Cout, t.OH, t.OW);
             for (i64 k = 0; k < Cout; ++k) {
                 const float bias = b ? b[k] : 0.0f;
                 float* ok = o + k * P;
-                if (gathered) {
-                    FL_SIMD
-                    for (i64 q = 0; q < P; ++q) ok[q] += bias;
-                } else {
-                    for (i64 oh = 0; oh < t.OH; ++oh) {
-                        const float* y = yh + oh * row + k;
-                        float* r = ok + oh * t.OW;
-                        for (i64 ow = 0; ow < t.OW; ++ow) r[ow] = y[ow * Cout] + bias;
-                    }
-                }
+                FL_SIMD
+                for (i64 q = 0; q < P; ++q) ok[q] += bias;
                 // A float32 plane's sum in double is finite exactly when every value is.
                 if (!std::isfinite(vm::sum_lanes(ok, P))) bad = true;
                 if (relu) {
@@ -434,19 +409,7 @@ bool winograd_dW(float* dW, const float* g, const float* x, const ConvGeometry& 
         for (i64 n = n0; n < n1; ++n) {
             std::fill(gh, gh + 16 * t.Tn * FN, 0.0f);
             const float* gn = g + n * FN * P;  // (FN, OH, OW)
-#ifdef FL_AVX512_DISPATCH
-            if (cpu_has_avx512()) {
-                transpose::to_channel_last(gh, row, FN, gn, P, t.OW, FN, t.OH, t.OW);
-                tr.gradient(dM, gh, t, (n - n0) * t.Tn, T);
-                continue;
-            }
-#endif
-            for (i64 k = 0; k < FN; ++k)
-                for (i64 oh = 0; oh < t.OH; ++oh) {
-                    const float* src = gn + (k * t.OH + oh) * t.OW;
-                    float* dst = gh + oh * row + k;
-                    for (i64 ow = 0; ow < t.OW; ++ow) dst[ow * FN] = src[ow];
-                }
+            transpose::to_channel_last(gh, row, FN, gn, P, t.OW, FN, t.OH, t.OW);
             tr.gradient(dM, gh, t, (n - n0) * t.Tn, T);
         }
         float* dUc = dU + ci * part;

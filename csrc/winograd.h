@@ -45,9 +45,10 @@ bool winograd_dW(float* dWc, const float* g, const float* x, const ConvGeometry&
 // not apply): the buffers each of the `threads` threads keeps across calls (at the largest
 // any pass asks; with the pooling fused, one image's output too), plus those of the calling
 // thread alone (the transformed filters, the dW partials, and the whole batch's output
-// gradient where the pooling or ReLU is fused, with the ReLU alone its planes' sums). dx: whether the backward computes dx; fused: 0 conv alone, 1 with
-// ReLU, 2 with ReLU and max pooling; backward: whether the backward runs here too (the fused
-// pooled one may run conv_pooled.h's instead).
+// gradient where the pooling or ReLU is fused, with the ReLU alone its planes' sums). dx:
+// whether the backward computes dx; fused: 0 conv alone, 1 with ReLU, 2 with ReLU and max
+// pooling; backward: whether the backward runs here too (the fused pooled one may run
+// conv_pooled.h's instead).
 i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads, bool backward);
 
 }  // namespace fl

@@ -14,6 +14,10 @@ transform) + 1 + the tile count + 2.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -315,3 +319,17 @@ def test_non_finite_values_give_im2cols_results(where, bad):
         if k >= first:
             assert np.array_equal(a, e, equal_nan=True), f"result {k} differs from im2col's"
     assert not all(np.isfinite(a).all() for a in got)
+
+
+@pytest.mark.skipif(os.environ.get("FASTLAYERS_DISABLE_AVX512", "0") not in ("", "0"),
+                    reason="already the baseline build")
+def test_the_baseline_build_within_the_same_bounds():
+    """The planar/channel-last copies (csrc/transpose.h) and the transforms have a baseline
+    build beside the AVX-512 one, which an AVX-512 machine never runs by itself: the forward,
+    backward and fused-pool tests above, again with FASTLAYERS_DISABLE_AVX512=1."""
+    env = {**os.environ, "FASTLAYERS_DISABLE_AVX512": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "within_the_winograd_bound or unfused_bits"], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout, run.stdout[-2000:]
