@@ -40,6 +40,21 @@ T* kept_buffer(i64 n) {
     return kept.data();
 }
 
+// p rounded up to a 64-byte boundary (a cache line, a 16-float vector). A buffer of n
+// elements that starts there needs n + kAlignSlack<T> elements from p.
+template <class T>
+constexpr i64 kAlignSlack = 64 / static_cast<i64>(sizeof(T)) - 1;
+template <class T>
+T* align64(T* p) {
+    return reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63});
+}
+
+// kept_buffer's n elements, on a 64-byte boundary.
+template <class T, class Owner, int Slot = 0>
+T* kept_buffer_aligned(i64 n) {
+    return align64(kept_buffer<T, Owner, Slot>(n + kAlignSlack<T>));
+}
+
 // This machine's physical memory in bytes (0 when the system does not say). Scratch larger
 // than this is refused before it is allocated.
 inline i64 physical_memory_bytes() {

@@ -77,7 +77,7 @@ std::pair<i64, i64> blocks_of(i64 FN, i64 max_block) {
     return {fb, nb * fb};
 }
 
-// The floats each per-thread buffer of one image asks for (scratch() adds 15 to align),
+// The floats each per-thread buffer of one image asks for (scratch() adds kAlignSlack),
 // from doubles: this runs before anything is known to fit int64.
 struct ImageBuffers {
     double x;        // slot 0: the padded image, xlen
@@ -99,8 +99,7 @@ ImageBuffers image_buffers(const ConvGeometry& g) {
 struct DirectScratch;
 template <int Slot>
 float* scratch(i64 n) {
-    float* p = kept_buffer<float, DirectScratch, Slot>(n + 15);
-    return reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63});
+    return kept_buffer_aligned<float, DirectScratch, Slot>(n);
 }
 
 // xf (xlen,) = image xn (C, H, W) zero-padded, planes one after another, zeros after them.
@@ -364,8 +363,9 @@ i64 direct_scratch_bytes(const ConvGeometry& g, int fused, i64 pooled_plane, i64
     double per_thread = 0.0;
     for (i64 j = 0; j < std::max(tf, tb); ++j) {
         const bool f = j < tf, bw = j < tb;
-        per_thread += b.x + 15 + std::max(f ? b.flat : 0.0, bw ? b.patches : 0.0) + 15;
-        if (bw) per_thread += FN * double(pooled_plane) + 15;
+        const double slack = double(kAlignSlack<float>);
+        per_thread += b.x + slack + std::max(f ? b.flat : 0.0, bw ? b.patches : 0.0) + slack;
+        if (bw) per_thread += FN * double(pooled_plane) + slack;
         if (pooled && f) per_thread += FN * P;
     }
     // The calling thread's: the prepared filters (forward); the dW partials and the db

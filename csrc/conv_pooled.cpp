@@ -105,8 +105,7 @@ ImageBuffers image_buffers(const ConvGeometry& g, i64 PP) {
 struct PooledScratch;
 template <class T, int Slot>
 T* scratch(i64 n) {
-    T* p = kept_buffer<T, PooledScratch, Slot>(n + 64 / sizeof(T));
-    return reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63});
+    return kept_buffer_aligned<T, PooledScratch, Slot>(n);
 }
 
 // xc (Hp*Wp, Cp) = image xn (C, H, W) channel-last, zero-padded around and past C.
@@ -242,16 +241,15 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
     std::vector<float> Wr_store;
     float* Wr = nullptr;
     if (dx) {
-        Wr_store.assign(static_cast<size_t>(FNT * Cp + 16), 0.0f);
-        Wr = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(Wr_store.data()) + 63) & ~std::uintptr_t{63});
+        Wr_store.assign(static_cast<size_t>(FNT * Cp + kAlignSlack<float>), 0.0f);
+        Wr = align64(Wr_store.data());
         for (i64 f = 0; f < FN; ++f)
             for (i64 c = 0; c < C; ++c)
                 for (i64 t = 0; t < T; ++t) Wr[(f * T + t) * Cp + c] = W[(f * C + c) * T + t];
     }
     const i64 G = std::min(N, kMaxGroups), P = g.OH * g.OW;
-    std::vector<float> part_store(static_cast<size_t>(G * FNT * Cp + 16), 0.0f);  // (G, FN, T, Cp)
-    float* part = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(part_store.data()) + 63) &
-                                           ~std::uintptr_t{63});
+    std::vector<float> part_store(static_cast<size_t>(G * FNT * Cp + kAlignSlack<float>), 0.0f);
+    float* part = align64(part_store.data());  // (G, FN, T, Cp)
     std::vector<double> db_part(static_cast<size_t>(G * FN), 0.0);
     std::vector<char> finite(static_cast<size_t>(G), 1);
     const double macs_per_group =
@@ -342,13 +340,13 @@ i64 pooled_backward_scratch_bytes(const ConvGeometry& g, i64 PP, bool dx, i64 th
     const i64 G = std::min(g.N, kMaxGroups);
     const double macs_per_group = FNT * double(PP) * Cp * (dx ? 2.0 : 1.0) * double(g.N) / double(G);
     const i64 team = G >= 2 * min_items_macs(macs_per_group) ? std::min(std::max<i64>(1, threads), G) : 1;
-    // Per thread, in floats, as scratch() asks (n + 16 floats, or n + 8 int64 of two floats
-    // each): xc, the masked dout, the entries' m, corner offsets and pixels, the filters'
+    // Per thread, in floats, as scratch() asks (n + 15 floats, or n + 7 int64 of two floats
+    // each, for the alignment): xc, the masked dout, the entries' m, corner offsets and pixels, the filters'
     // entry ranges, the segments (max(FN, P)); with dx also the pixels' entry ranges, the
     // entries by pixel (filter offsets and m) and dxc. The entries are counted at their most,
     // FN*PP.
-    auto f32 = [](double n) { return n + 16; };
-    auto i64s = [](double n) { return 2 * (n + 8); };
+    auto f32 = [](double n) { return n + double(kAlignSlack<float>); };
+    auto i64s = [](double n) { return 2 * (n + double(kAlignSlack<i64>)); };
     double per_thread = f32(b.pixels) + f32(E) + f32(E) + i64s(E) + i64s(E) + i64s(double(g.FN) + 1) +
                         6.0 * std::max(double(g.FN), P);  // + the segments, three int64 each
     if (dx) per_thread += i64s(P + 1) + i64s(E) + f32(E) + f32(b.pixels);

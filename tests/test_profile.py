@@ -322,18 +322,18 @@ def test_native_scratch_of_the_winograd_path():
         assert got == (threads_used(2) * (471_296 + 4_096) + 1_146_880) * 4  # one thread without OpenMP
         if backend._native._conv_plan(100, 64, 8, 8, 64, 3, 3, 1, 1, 2, 16, True, 2)[1] == "pooled":
             # "auto": the forward as above (on the calling thread U, 147,456 floats), the
-            # backward the sparse pooled one. Its floats, buffers rounded
-            # as it asks (n + 16 floats, n + 8 int64 of two floats): per thread, of 8 image
-            # groups, the channel-last image and its gradient (10*10*64 + 16 each), the masked
-            # dout, the entries' m and the entries by pixel's m (64*16 + 16 each), int64 corner
-            # offsets, pixels and filter offsets of the entries (2*(1024 + 8) each), and the
-            # entry ranges of the 64 filters and the 64 pixels (2*(65 + 8) each), 64 segments of
-            # three int64: 22,820. On the calling thread 8 dW partials 8*64*9*64 + 16, the db
+            # backward the sparse pooled one. Its floats, each buffer with room for its 64-byte
+            # alignment (n + 15 floats, n + 7 int64 of two floats): per thread, of 8 image
+            # groups, the channel-last image and its gradient (10*10*64 + 15 each), the masked
+            # dout, the entries' m and the entries by pixel's m (64*16 + 15 each), int64 corner
+            # offsets, pixels and filter offsets of the entries (2*(1024 + 7) each), and the
+            # entry ranges of the 64 filters and the 64 pixels (2*(65 + 7) each), 64 segments of
+            # three int64: 22,805. On the calling thread 8 dW partials 8*64*9*64 + 15, the db
             # partials in double 2*8*64, the corner, pixel order and tap tables 2*(64 + 64 + 18),
-            # the rearranged filters 64*9*64 + 16: 333,124.
+            # the rearranged filters 64*9*64 + 15: 333,122.
             backend.set_conv_algorithm("auto")
             auto = scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
-            assert auto == (threads_used(2) * (471_296 + 4_096 + 22_820) + 147_456 + 333_124) * 4
+            assert auto == (threads_used(2) * (471_296 + 4_096 + 22_805) + 147_456 + 333_122) * 4
             backend.set_conv_algorithm("winograd")
         # With Winograd off the same layer reports im2col's workspace, which is another number.
         backend.set_conv_algorithm("im2col")
