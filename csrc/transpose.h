@@ -74,38 +74,42 @@ inline void for_each_block(i64 C, i64 H, i64 W, Block block) {
 
 #endif  // FL_AVX512_DISPATCH
 
-// cl (channel-last) = pl (planar), C x H x W.
-inline void to_channel_last(float* cl, i64 cl_row, i64 cl_pix, const float* pl, i64 pl_plane, i64 pl_row, i64 C,
-                            i64 H, i64 W) {
+// One copy between the layouts, both directions: ToChannelLast, dst is channel-last and src
+// planar; else the other way round. The strides are the channel-last image's (cl_row,
+// cl_pix) and the planar one's (pl_plane, pl_row) either way.
+template <bool ToChannelLast>
+inline void copy(float* dst, const float* src, i64 cl_row, i64 cl_pix, i64 pl_plane, i64 pl_row, i64 C, i64 H,
+                 i64 W) {
 #ifdef FL_AVX512_DISPATCH
     if (cpu_has_avx512()) {
         for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
-            transpose_block(cl + h * cl_row + w0 * cl_pix + c0, cl_pix, pl + c0 * pl_plane + h * pl_row + w0, pl_plane,
-                            cn, wn);
+            const i64 cl = h * cl_row + w0 * cl_pix + c0, pl = c0 * pl_plane + h * pl_row + w0;
+            if (ToChannelLast)
+                transpose_block(dst + cl, cl_pix, src + pl, pl_plane, cn, wn);
+            else
+                transpose_block(dst + pl, pl_plane, src + cl, cl_pix, wn, cn);
         });
         return;
     }
 #endif
     for (i64 c = 0; c < C; ++c)
         for (i64 h = 0; h < H; ++h)
-            for (i64 w = 0; w < W; ++w) cl[h * cl_row + w * cl_pix + c] = pl[c * pl_plane + h * pl_row + w];
+            for (i64 w = 0; w < W; ++w) {
+                const i64 cl = h * cl_row + w * cl_pix + c, pl = c * pl_plane + h * pl_row + w;
+                dst[ToChannelLast ? cl : pl] = src[ToChannelLast ? pl : cl];
+            }
+}
+
+// cl (channel-last) = pl (planar), C x H x W.
+inline void to_channel_last(float* cl, i64 cl_row, i64 cl_pix, const float* pl, i64 pl_plane, i64 pl_row, i64 C,
+                            i64 H, i64 W) {
+    copy<true>(cl, pl, cl_row, cl_pix, pl_plane, pl_row, C, H, W);
 }
 
 // pl (planar) = cl (channel-last), C x H x W.
 inline void to_planar(float* pl, i64 pl_plane, i64 pl_row, const float* cl, i64 cl_row, i64 cl_pix, i64 C, i64 H,
                       i64 W) {
-#ifdef FL_AVX512_DISPATCH
-    if (cpu_has_avx512()) {
-        for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
-            transpose_block(pl + c0 * pl_plane + h * pl_row + w0, pl_plane, cl + h * cl_row + w0 * cl_pix + c0, cl_pix,
-                            wn, cn);
-        });
-        return;
-    }
-#endif
-    for (i64 c = 0; c < C; ++c)
-        for (i64 h = 0; h < H; ++h)
-            for (i64 w = 0; w < W; ++w) pl[c * pl_plane + h * pl_row + w] = cl[h * cl_row + w * cl_pix + c];
+    copy<false>(pl, cl, cl_row, cl_pix, pl_plane, pl_row, C, H, W);
 }
 
 }  // namespace fl::transpose
