@@ -675,6 +675,7 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
     PoolGeometry one = pg;  // the pooling of one image's y_n
     one.N = 1;
     if constexpr (std::is_same_v<T, float>) {
+        if (direct_forward_pooled(out, argmax, x, W, b, g, pg)) return;
         if (direct_applies(g)) {
             const DirectFilters d = direct_filters(W, b, g);
             parallel_for(N, [&](i64 n) {

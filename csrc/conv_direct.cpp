@@ -38,6 +38,8 @@
 #include <utility>
 
 #include "isa_dispatch.h"
+#include "pool.h"
+#include "transpose.h"
 #include "vecmath.h"
 
 #ifdef FL_AVX512_DISPATCH
@@ -229,6 +231,106 @@ FL_TARGET_AVX512 void pooled_filter(float* acc, const float* colT, const float* 
 using PooledFilter = void (*)(float*, const float*, const float*, const std::int64_t*, i64);
 constexpr PooledFilter kPooled[4] = {&pooled_filter<1>, &pooled_filter<2>, &pooled_filter<3>, &pooled_filter<4>};
 
+// ---- Forward fused with ReLU and 2x2 stride-2 max pooling, filters along the lanes.
+// The block of R windows of a pooled row by FG vectors of 16 filters: window r's four pixels
+// (row-major in the window, k = 2*i + j) are four accumulators of the same 16 filters, so the
+// window's maximum and argmax are selects between registers. acc[v][r][k] starts at the bias
+// and adds the taps in order, one FMA each, as forward_block does: the same bits.
+// 4*R*FG accumulators, FG weight vectors and a broadcast fit the 32 registers.
+constexpr int kMaxPoolGroup = 4;  // filter vectors per block
+constexpr int max_windows(int FG) { return FG == 1 ? 7 : FG == 2 ? 3 : FG == 3 ? 2 : 1; }
+
+// val (R, ld) = the pooled ReLU outputs of filters [0, 16*FG) of the block's windows, idx
+// (R, ld) their in-plane flat argmax (oh*OW + ow); x0 = the padded image at the first window's
+// top-left pixel (flat, row pitch Wp); w (K, ldw) the filters' weights tap by tap, b (16*FG,)
+// their bias; at = the in-plane index of the first window's top-left pixel.
+template <int FG, int R>
+FL_TARGET_AVX512 void pooled_forward_block(float* val, std::int32_t* idx, i64 ld, const float* x0, i64 Wp,
+                                           const float* w, i64 ldw, const float* b, const i64* off, i64 K,
+                                           std::int32_t at, std::int32_t OW) {
+    __m512 acc[FG][R][4];
+#pragma GCC unroll 4
+    for (int v = 0; v < FG; ++v) {
+        const __m512 bv = _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 7
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) acc[v][r][k] = bv;
+    }
+    for (i64 t = 0; t < K; ++t) {
+        const float* x = x0 + off[t];
+        const float* wt = w + t * ldw;
+        __m512 wv[FG];
+#pragma GCC unroll 4
+        for (int v = 0; v < FG; ++v) wv[v] = _mm512_loadu_ps(wt + 16 * v);
+#pragma GCC unroll 7
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) {
+                const __m512 xb = _mm512_set1_ps(x[(k >> 1) * Wp + 2 * r + (k & 1)]);
+#pragma GCC unroll 4
+                for (int v = 0; v < FG; ++v) acc[v][r][k] = _mm512_fmadd_ps(wv[v], xb, acc[v][r][k]);
+            }
+    }
+    // The maximum of the raw values, then the ReLU: where that maximum is <= 0 (no NaN among
+    // the four) every ReLU output is 0 and the scan keeps the first pixel; elsewhere the ReLU
+    // leaves the winner and every value that could tie with it as they are.
+    const __m512 zero = _mm512_setzero_ps();
+    const std::int32_t delta[4] = {0, 1, OW, OW + 1};
+#pragma GCC unroll 7
+    for (int r = 0; r < R; ++r) {
+        const std::int32_t top = at + 2 * r;
+#pragma GCC unroll 4
+        for (int v = 0; v < FG; ++v) {
+            __m512 best = acc[v][r][0];
+            __m512i id = _mm512_set1_epi32(top);
+#pragma GCC unroll 3
+            for (int k = 1; k < 4; ++k) {
+                const __mmask16 m = vm::replaces_mask(acc[v][r][k], best);
+                best = _mm512_mask_mov_ps(best, m, acc[v][r][k]);
+                id = _mm512_mask_mov_epi32(id, m, _mm512_set1_epi32(top + delta[k]));
+            }
+            const __mmask16 off_ = _mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ);
+            _mm512_storeu_ps(val + r * ld + 16 * v, _mm512_mask_mov_ps(best, off_, zero));
+            _mm512_storeu_si512(idx + r * ld + 16 * v, _mm512_mask_mov_epi32(id, off_, _mm512_set1_epi32(top)));
+        }
+    }
+}
+
+using PooledForwardBlock = void (*)(float*, std::int32_t*, i64, const float*, i64, const float*, i64, const float*,
+                                    const i64*, i64, std::int32_t, std::int32_t);
+// kPooledForward[FG - 1][R - 1] for R <= max_windows(FG); the entries past it repeat the last.
+template <int FG, std::size_t... I>
+constexpr std::array<PooledForwardBlock, 7> pooled_forward_row(std::index_sequence<I...>) {
+    return {&pooled_forward_block<FG, std::min(int(I) + 1, max_windows(FG))>...};
+}
+constexpr std::array<std::array<PooledForwardBlock, 7>, kMaxPoolGroup> kPooledForward = {
+    pooled_forward_row<1>(std::make_index_sequence<7>{}), pooled_forward_row<2>(std::make_index_sequence<7>{}),
+    pooled_forward_row<3>(std::make_index_sequence<7>{}), pooled_forward_row<4>(std::make_index_sequence<7>{})};
+
+// amn (FN, PP) int64 = idx (PP, ld) int32 transposed: 16 windows by 16 filters through the
+// registers (the bits travel as floats), each filter's row widened as it is stored.
+FL_TARGET_AVX512 void argmax_to_planar(std::int64_t* amn, const std::int32_t* idx, i64 ld, i64 FN, i64 PP) {
+    for (i64 q0 = 0; q0 < PP; q0 += 16)
+        for (i64 f0 = 0; f0 < FN; f0 += 16) {
+            const i64 nq = std::min<i64>(16, PP - q0), nf = std::min<i64>(16, FN - f0);
+            __m512 r[16];
+            for (i64 i = 0; i < 16; ++i)
+                r[i] = i < nq ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(transpose::first_lanes(nf),
+                                                                              idx + (q0 + i) * ld + f0))
+                              : _mm512_setzero_ps();
+            transpose::transpose16(r);
+            const __mmask16 m = transpose::first_lanes(nq);
+            for (i64 j = 0; j < nf; ++j) {
+                const __m512i v = _mm512_castps_si512(r[j]);
+                std::int64_t* d = amn + (f0 + j) * PP + q0;
+                _mm512_mask_storeu_epi64(d, static_cast<__mmask8>(m), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+                _mm512_mask_storeu_epi64(d + 8, static_cast<__mmask8>(m >> 8),
+                                         _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+            }
+        }
+}
+
 #endif  // FL_AVX512_DISPATCH
 
 }  // namespace
@@ -251,11 +353,13 @@ bool direct_pooled_applies(const ConvGeometry& g) {
     return direct_applies(g) && double(g.C) * double(g.FH) * double(g.FW) <= double(kMaxPooledTaps);
 }
 
-DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry& g) {
-    // W (FN, K) -> Wt (K, FNp); b (FN,) -> bias (FNp,)
+namespace {
+
+// W (FN, K) -> Wt (K, FNp); b (FN,) -> bias (FNp,); filters [FN, FNp) zero.
+DirectFilters padded_filters(const float* W, const float* b, const ConvGeometry& g, i64 fb, i64 FNp) {
     const i64 FN = g.FN, K = g.C * g.FH * g.FW;
     DirectFilters d;
-    std::tie(d.fb, d.FNp) = blocks_of(FN, kForwardMaxBlock);
+    d.fb = fb, d.FNp = FNp;
     d.layout = flat(g);
     d.Wt.assign(static_cast<size_t>(K * d.FNp), 0.0f);
     d.bias.assign(static_cast<size_t>(d.FNp), 0.0f);
@@ -264,6 +368,15 @@ DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry&
         d.bias[static_cast<size_t>(f)] = b ? b[f] : 0.0f;
     }
     return d;
+}
+
+i64 lanes_of(i64 FN) { return (FN + 15) / 16 * 16; }
+
+}  // namespace
+
+DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry& g) {
+    const auto [fb, FNp] = blocks_of(g.FN, kForwardMaxBlock);
+    return padded_filters(W, b, g, fb, FNp);
 }
 
 void direct_forward_image(float* yn, const float* xn, const DirectFilters& d, bool relu, const ConvGeometry& g) {
@@ -281,6 +394,53 @@ void direct_forward_image(float* yn, const float* xn, const DirectFilters& d, bo
 #else
     (void)yn, (void)xn, (void)d, (void)relu, (void)g;
     throw std::logic_error("direct convolution without AVX-512");
+#endif
+}
+
+bool direct_pools_in_registers(const ConvGeometry& g, const PoolGeometry& pg) {
+    if (!direct_applies(g) || pg.PH != 2 || pg.PW != 2 || pg.stride != 2 || pg.pad != 0) return false;
+    // int32 argmax in the registers; the pooled values and argmax of one image per thread.
+    const double PP = double(pg.OH) * double(pg.OW), lanes = double(lanes_of(g.FN));
+    return double(g.OH) * double(g.OW) < 2147483648.0 &&
+           4.0 * (image_buffers(g).x + 2.0 * PP * lanes) <= kMaxImageBytes;
+}
+
+bool direct_forward_pooled(float* out, std::int64_t* argmax, const float* x, const float* W, const float* b,
+                           const ConvGeometry& g, const PoolGeometry& pg) {
+#ifdef FL_AVX512_DISPATCH
+    // out, argmax (N, FN, POH, POW); x (N, C, H, W); W (FN, C, FH, FW); b (FN,)
+    if (!direct_pools_in_registers(g, pg)) return false;
+    const i64 FN = g.FN, POH = pg.OH, POW = pg.OW, PP = POH * POW, CHW = g.C * g.H * g.W, FNPP = FN * PP;
+    if (g.N == 0 || FN == 0 || PP == 0) return true;
+    const i64 L = lanes_of(FN), FV = L / 16;
+    const DirectFilters d = padded_filters(W, b, g, 16, L);  // Wt (K, L)
+    const DirectLayout& fl = d.layout;
+    const i64 K = static_cast<i64>(fl.off.size()), Wp = fl.Wp;
+    parallel_for(g.N, [&](i64 n) {
+        float* xf = scratch<0>(fl.xlen);  // (xlen,) padded image
+        float* val = scratch<1>(PP * L);  // (PP, L) pooled outputs, channel-last
+        std::int32_t* idx = kept_buffer_aligned<std::int32_t, DirectScratch, 1>(PP * L);  // (PP, L) argmax
+        pad_image(xf, x + n * CHW, g, fl);
+        for (i64 v0 = 0; v0 < FV; v0 += kMaxPoolGroup) {
+            const int FG = static_cast<int>(std::min<i64>(kMaxPoolGroup, FV - v0)), R = max_windows(FG);
+            const auto& row = kPooledForward[static_cast<size_t>(FG - 1)];
+            for (i64 ph = 0; ph < POH; ++ph)
+                for (i64 pw = 0; pw < POW; pw += R) {
+                    const i64 r = std::min<i64>(R, POW - pw), q = ph * POW + pw;
+                    row[static_cast<size_t>(r - 1)](val + q * L + 16 * v0, idx + q * L + 16 * v0, L,
+                                                    xf + 2 * ph * Wp + 2 * pw, Wp, d.Wt.data() + 16 * v0, L,
+                                                    d.bias.data() + 16 * v0, fl.off.data(), K,
+                                                    static_cast<std::int32_t>(2 * ph * g.OW + 2 * pw),
+                                                    static_cast<std::int32_t>(g.OW));
+                }
+        }
+        transpose::to_planar(out + n * FNPP, PP, POW, val, POW * L, L, FN, POH, POW);
+        argmax_to_planar(argmax + n * FNPP, idx, L, FN, PP);
+    }, direct_min_images(g));
+    return true;
+#else
+    (void)out, (void)argmax, (void)x, (void)W, (void)b, (void)g, (void)pg;
+    return false;
 #endif
 }
 
@@ -344,33 +504,38 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
 #endif
 }
 
-i64 direct_scratch_bytes(const ConvGeometry& g, int fused, i64 pooled_plane, i64 threads, bool dx) {
+i64 direct_scratch_bytes(const ConvGeometry& g, int fused, i64 pooled_plane, i64 threads, bool dx, bool registers) {
     if (!direct_applies(g)) return 0;
     const ImageBuffers b = image_buffers(g);
     const double K = double(g.C) * double(g.FH) * double(g.FW), P = double(g.OH) * double(g.OW);
     const double FNp = double(blocks_of(g.FN, kForwardMaxBlock).second), Kp = std::ceil(K / 16) * 16;
-    const double FN = double(g.FN), N = double(g.N);
+    const double FN = double(g.FN), N = double(g.N), PP = double(pooled_plane), L = double(lanes_of(g.FN));
     const i64 T = std::max<i64>(1, threads), G = std::min(g.N, kMaxGroups);
     const bool pooled = fused >= 2 && !dx && direct_pooled_applies(g);  // the backward runs here too
+    registers = registers && fused >= 2;
     // The threads a parallel_for over `items` uses: all (up to items), or one when there are
     // fewer than twice the minimum per thread the loop asks.
     auto team = [&](i64 items, i64 at_least) -> i64 { return items >= 2 * at_least ? std::min(T, items) : 1; };
     const i64 tf = team(g.N, direct_min_images(g));
-    const i64 tb = pooled ? team(G, min_items_macs(FN * (double(pooled_plane) + P) * Kp * N / double(G))) : 0;
+    const i64 tb = pooled ? team(G, min_items_macs(FN * (PP + P) * Kp * N / double(G))) : 0;
     // Thread j keeps, per slot, the largest request of the passes it ran: the padded image;
-    // the flat outputs (forward) or the patches (backward); the masked dout (backward); and,
-    // pooled, conv2d.cpp's per-image output that the forward pools.
+    // the flat outputs, or pooling in the registers the pooled values and their int32 argmax
+    // (forward), or the patches (backward); the masked dout (backward); and, pooled but not
+    // in the registers, conv2d.cpp's per-image output that the forward pools.
+    const double slack = double(kAlignSlack<float>);
     double per_thread = 0.0;
     for (i64 j = 0; j < std::max(tf, tb); ++j) {
         const bool f = j < tf, bw = j < tb;
-        const double slack = double(kAlignSlack<float>);
-        per_thread += b.x + slack + std::max(f ? b.flat : 0.0, bw ? b.patches : 0.0) + slack;
-        if (bw) per_thread += FN * double(pooled_plane) + slack;
-        if (pooled && f) per_thread += FN * P;
+        const double forward = registers ? PP * L : b.flat;
+        per_thread += b.x + slack + std::max(f ? forward : 0.0, bw ? b.patches : 0.0) + slack;
+        if (bw) per_thread += FN * PP + slack;
+        if (registers && f) per_thread += PP * L + slack;
+        if (pooled && !registers && f) per_thread += FN * P;
     }
     // The calling thread's: the prepared filters (forward); the dW partials and the db
     // partials in double (backward).
-    const double once = std::max(K * FNp + FNp, pooled ? double(G) * FN * (Kp + 2.0) : 0.0);
+    const double filters = registers ? K * L + L : K * FNp + FNp;
+    const double once = std::max(filters, pooled ? double(G) * FN * (Kp + 2.0) : 0.0);
     return static_cast<i64>((per_thread + once) * sizeof(float));
 }
 

@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "conv.h"
+#include "pool.h"
 
 namespace fl {
 
@@ -56,6 +57,15 @@ DirectFilters direct_filters(const float* W, const float* b, const ConvGeometry&
 i64 direct_min_images(const ConvGeometry& g);
 void direct_forward_image(float* yn, const float* xn, const DirectFilters& f, bool relu, const ConvGeometry& g);
 
+// The convolution fused with ReLU and 2x2 stride-2 unpadded max pooling, where
+// direct_pools_in_registers: out, argmax (N, FN, POH, POW), the bits of direct_forward's
+// ReLU output pooled by maxpool2d_forward. 16 filters along each vector, so a window's four
+// pixels are four registers and no convolution output is stored. Returns false, with
+// nothing written, where it does not apply.
+bool direct_pools_in_registers(const ConvGeometry& g, const PoolGeometry& pg);
+bool direct_forward_pooled(float* out, std::int64_t* argmax, const float* x, const float* W, const float* b,
+                           const ConvGeometry& g, const PoolGeometry& pg);
+
 // The fused convolution + ReLU + max pooling backward without dx, where direct_pooled_applies:
 // dW (FN, C, FH, FW) and db (FN,) +=. The gradient of the convolution's output is zero except at each pooling
 // window's argmax, so, with m = dout where the pooled out > 0,
@@ -69,12 +79,14 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
                             const std::int64_t* argmax, i64 PP, const ConvGeometry& g);
 
 // Bytes the direct path asks for (0 when it does not apply), for fastlayers.profile: per
-// thread the padded image, the flat outputs or the patches and masked dout of the pooled
-// backward; on the calling thread the prepared filters or the dW and db partials. fused: 0
-// the convolution alone, 1 with ReLU, 2 with ReLU and max pooling (pooled planes of
-// pooled_plane pixels). Where the backward is direct too (fused 2, no dx), the per-image
-// output the fused forward pools is counted as well; otherwise the backward runs im2col,
-// whose buffers are not counted here.
-i64 direct_scratch_bytes(const ConvGeometry& g, int fused, i64 pooled_plane, i64 threads, bool dx);
+// thread the padded image, the flat outputs (or, pooling in the registers, the pooled values
+// and argmax of an image) and the patches and masked dout of the pooled backward; on the
+// calling thread the prepared filters or the dW and db partials. fused: 0 the convolution
+// alone, 1 with ReLU, 2 with ReLU and max pooling (pooled planes of pooled_plane pixels);
+// registers: the forward pools in the registers (direct_pools_in_registers). Where the
+// backward is direct too (fused 2, no dx) and the forward does not pool in the registers,
+// the per-image output the fused forward pools is counted as well; otherwise the backward
+// runs im2col, whose buffers are not counted here.
+i64 direct_scratch_bytes(const ConvGeometry& g, int fused, i64 pooled_plane, i64 threads, bool dx, bool registers);
 
 }  // namespace fl

@@ -6,6 +6,7 @@
 
 #include "isa_dispatch.h"
 #include "pool.h"
+#include "vecmath.h"
 
 #ifdef FL_AVX512_DISPATCH
 #include <immintrin.h>
@@ -139,15 +140,7 @@ void maxpool_2x2s2_default(T* out, std::int64_t* argmax, const T* x, i64 H, i64 
 // AVX-512 at the network shapes). Masked loads and stores cover the end of the row (they never
 // touch memory past it), so short rows need neither a scalar remainder nor tile copies.
 // The candidates a, b (top row) and c, d (bottom row) are de-interleaved from pairs with
-// one permute each; the selection is replaces() on whole vectors.
-FL_TARGET_AVX512 inline __mmask16 replaces_mask(__m512 v, __m512 best) {
-    return _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
-           (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
-}
-FL_TARGET_AVX512 inline __mmask8 replaces_mask(__m512d v, __m512d best) {
-    return _mm512_cmp_pd_mask(v, best, _CMP_GT_OQ) |
-           (_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_pd_mask(best, best, _CMP_ORD_Q));
-}
+// one permute each; the selection is replaces() on whole vectors (vm::replaces_mask).
 
 // Flat argmax of 8 windows: top-left index tl plus W for the bottom row (k >= 2) and 1 for
 // the right column (k odd).
@@ -179,7 +172,7 @@ FL_TARGET_AVX512 void maxpool_row_2x2s2(float* out, std::int64_t* argmax, const 
         __m512i k0 = _mm512_setzero_si512(), k1 = _mm512_setzero_si512();
         const __m512 cand[3] = {b, c, d};
         for (int j = 0; j < 3; ++j) {
-            const __mmask16 m = replaces_mask(cand[j], best);
+            const __mmask16 m = vm::replaces_mask(cand[j], best);
             best = _mm512_mask_mov_ps(best, m, cand[j]);
             const __m512i code = _mm512_set1_epi64(j + 1);
             k0 = _mm512_mask_mov_epi64(k0, static_cast<__mmask8>(m), code);
@@ -212,7 +205,7 @@ FL_TARGET_AVX512 void maxpool_row_2x2s2(double* out, std::int64_t* argmax, const
         __m512i k = _mm512_setzero_si512();
         const __m512d cand[3] = {b, c, d};
         for (int j = 0; j < 3; ++j) {
-            const __mmask8 m = replaces_mask(cand[j], best);
+            const __mmask8 m = vm::replaces_mask(cand[j], best);
             best = _mm512_mask_mov_pd(best, m, cand[j]);
             k = _mm512_mask_mov_epi64(k, m, _mm512_set1_epi64(j + 1));
         }
@@ -247,7 +240,7 @@ FL_TARGET_AVX512 void maxpool_plane_2x2s2_narrow(float* out, std::int64_t* argma
         __m512i k0 = _mm512_setzero_si512(), k1 = _mm512_setzero_si512();
         const __m512 cand[3] = {b, c, d};
         for (int j = 0; j < 3; ++j) {
-            const __mmask16 m = replaces_mask(cand[j], best);
+            const __mmask16 m = vm::replaces_mask(cand[j], best);
             best = _mm512_mask_mov_ps(best, m, cand[j]);
             const __m512i code = _mm512_set1_epi64(j + 1);
             k0 = _mm512_mask_mov_epi64(k0, static_cast<__mmask8>(m), code);

@@ -263,6 +263,17 @@ FL_TARGET_AVX512 inline i64 relu_mask_avx512(float* g, const float* out, const f
     return i;
 }
 
+// The lanes where v replaces the running maximum `best` of a pooling window scanned in
+// order, np.argmax's rule (maxpool2d.cpp's replaces()): the first NaN wins and is never
+// replaced, otherwise only a strictly larger value replaces. "Not v <= best" is v > best or
+// either one NaN; masking it with "best is not NaN" leaves v > best or v NaN: two compares.
+FL_TARGET_AVX512 inline __mmask16 replaces_mask(__m512 v, __m512 best) {
+    return _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(best, best, _CMP_ORD_Q), v, best, _CMP_NLE_UQ);
+}
+FL_TARGET_AVX512 inline __mmask8 replaces_mask(__m512d v, __m512d best) {
+    return _mm512_mask_cmp_pd_mask(_mm512_cmp_pd_mask(best, best, _CMP_ORD_Q), v, best, _CMP_NLE_UQ);
+}
+
 // Whether all of x (n,) is finite (no infinity, no NaN): the exponent bits of every value,
 // 16 at a time, the last step masked. For the AVX-512-only paths that must hand an input with
 // a non-finite value to a dense sum (conv_direct.cpp, conv_pooled.cpp).

@@ -145,6 +145,92 @@ def test_fused_forward_gives_the_unfused_direct_bits(cp):
     assert fout.tobytes() == out.tobytes() and np.array_equal(fam, am)
 
 
+# With 2x2 windows at stride 2 and no padding the fused forward pools in the registers: 16
+# filters along each vector, blocks of 1, 2, 3 or 4 vectors by 7, 3, 2 or 1 windows of a
+# pooled row. Filter counts on both sides of each vector and block size, rows that need a
+# shorter last block, odd convolution outputs (the last row or column is no window's).
+REGISTER_CASES = [
+    _case(2, 1, 28, 28, 30, 5, 5, 0),   # simple_cnn's: 2 vectors, 3 windows a block, 12 a row
+    _case(3, 1, 9, 31, 1, 3, 3, 1),     # 1 filter in 16 lanes; 15 windows a row: 7 + 7 + 1
+    _case(2, 2, 8, 10, 16, 3, 3, 0),
+    _case(2, 1, 8, 11, 17, 2, 2, 0),    # conv 7x10
+    _case(1, 3, 11, 11, 33, 3, 3, 1),   # 3 vectors, 2 windows a block; conv 11x11
+    _case(2, 1, 12, 13, 48, 5, 3, 2),
+    _case(2, 1, 12, 13, 49, 5, 3, 2),   # 4 vectors, 1 window a block
+    _case(2, 2, 6, 7, 64, 3, 3, 1),
+    _case(2, 2, 6, 7, 65, 3, 3, 1),     # 5 vectors: a block of 4, then of 1
+    _case(1, 1, 2, 2, 5, 1, 1, 0),      # one window
+    _case(2, 4, 5, 17, 15, 1, 16, 0),   # 16-wide filter rows; conv 5x2
+]
+POOL_2x2 = (2, 2, 2, 0)
+
+
+def _registers(case) -> bool:
+    c = case
+    OH, OW = out_size(c["H"], c["FH"], 1, c["pad"]), out_size(c["W"], c["FW"], 1, c["pad"])
+    return nat._conv_plan(c["N"], c["C"], c["H"], c["W"], c["FN"], c["FH"], c["FW"], 1, c["pad"], 2,
+                          (OH // 2) * (OW // 2), False, 2, POOL_2x2)[3]
+
+
+def _unfused_direct(x, W, b, case, conv_shape):
+    y = np.empty(conv_shape, F32)
+    nat.conv2d_relu_forward(y, x, W, b, 1, case["pad"])
+    N, FN, OH, OW = conv_shape
+    out, am = np.empty((N, FN, OH // 2, OW // 2), F32), np.empty((N, FN, OH // 2, OW // 2), np.int64)
+    nat.maxpool2d_forward(out, am, y, *POOL_2x2)
+    return out, am
+
+
+@pytest.mark.parametrize("case", REGISTER_CASES, ids=_case_id)
+def test_pooling_in_the_registers_gives_the_unfused_direct_bits(case):
+    assert _registers(case)
+    d = _data(case, 11, POOL_2x2)
+    frozen = [d[k].copy() for k in ("x", "W", "b")]
+    want = _unfused_direct(d["x"], d["W"], d["b"], case, d["conv"])
+    got = _fused_forward(d, case, POOL_2x2)
+    assert got[0].tobytes() == want[0].tobytes() and np.array_equal(got[1], want[1])
+    for a, k in zip(frozen, ("x", "W", "b")):
+        np.testing.assert_array_equal(a, d[k], err_msg="an input was modified")
+
+
+@pytest.mark.parametrize("case", REGISTER_CASES, ids=_case_id)
+def test_pooling_in_the_registers_keeps_the_oracles_ties_and_nans(case):
+    """Small integers: every sum is exact in float32, so the maxima tie as often as they do in
+    the float64 oracle (the first pixel of a window wins), and the biases push whole windows
+    to <= 0, where the ReLU makes four zeros and the first must be chosen. Then an infinity
+    and NaNs: the first NaN of a window wins, as np.argmax has it."""
+    rng = np.random.default_rng(12)
+    d = _data(case, 12, POOL_2x2)
+    x = rng.integers(-2, 3, d["x"].shape).astype(F32)
+    W = rng.integers(-1, 2, d["W"].shape).astype(F32)
+    b = rng.integers(-6, 2, d["b"].shape).astype(F32)
+    for trial in range(2):
+        if trial:
+            x = x.copy()
+            x.reshape(-1)[rng.choice(x.size, max(1, x.size // 50), replace=False)] = np.nan
+            x.reshape(-1)[0] = np.inf
+        got = _fused_forward(dict(x=x, W=W, b=b, pooled=d["pooled"]), case, POOL_2x2)
+        with np.errstate(invalid="ignore"):  # inf * 0 in the oracle's matrix product
+            want = _fused_forward(dict(x=x, W=W, b=b, pooled=d["pooled"]), case, POOL_2x2, ref, F64)
+        np.testing.assert_array_equal(got[0], want[0].astype(F32))
+        np.testing.assert_array_equal(got[1], want[1])
+        if not trial:
+            assert (got[0] == 0).any() and (got[0] > 0).any()
+        elif x.size >= 100:
+            assert np.isnan(got[0]).any()
+
+
+def test_other_pools_do_not_pool_in_the_registers():
+    case = REGISTER_CASES[0]
+    for pool in ((2, 2, 1, 0), (3, 3, 2, 1), (2, 2, 2, 1), (2, 3, 2, 0)):
+        assert not nat._conv_plan(2, 1, 28, 28, 30, 5, 5, 1, 0, 2, 144, False, 2, pool)[3], pool
+    assert not nat._conv_plan(2, 1, 28, 28, 30, 5, 5, 1, 0, 2, 144, False, 2)[3]  # pool unknown
+    with backend.conv_algorithm("im2col"):
+        assert not _registers(case)
+    with pytest.raises(ValueError, match="not a valid pooling geometry"):
+        nat._conv_plan(2, 1, 28, 28, 30, 5, 5, 1, 0, 2, 144, False, 2, (25, 2, 2, 0))
+
+
 @pytest.mark.parametrize("cp", POOLED, ids=_pid)
 def test_pooled_backward_matches_the_oracle(cp):
     case, pool = cp

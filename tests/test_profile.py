@@ -273,20 +273,21 @@ def test_native_scratch_follows_the_kernel_rule(threads, im2col_path):
 def test_native_scratch_of_the_direct_path():
     # simple_cnn's first block (1 -> 30 channels, 5x5, 28x28, 2x2 pooling, batch 100, no dx),
     # on an AVX-512 CPU. Flat layout: Wp = 28, flat positions up to the last pixel
-    # 23*28 + 24 = 668, rounded to 672; the last tap's offset 4*28 + 4 = 116. Per thread
-    # (scratch() asks 15 floats more, to align): the padded image max(784, 672 + 116) + 16 =
-    # 804; the larger of the flat outputs 30 filters x 672 = 20,160 (forward) and the
-    # patches 576 pixels x 32 + 16 = 18,448 (backward); the masked dout 30 x 144 = 4,320;
-    # and conv2d's per-image output 30 x 576 = 17,280 that the forward pools:
-    # 819 + 20,175 + 4,335 + 17,280 = 42,609 floats. On the calling thread the larger of the
-    # filters (25 x 30 + 30) and the 8 groups' dW and db partials 8 x 30 x (32 + 2) = 8,160.
+    # 23*28 + 24 = 668, rounded to 672; the last tap's offset 4*28 + 4 = 116. The forward
+    # pools in the registers: 30 filters take 2 vectors, 32 lanes. Per thread (scratch() asks
+    # 15 floats more, to align): the padded image max(784, 672 + 116) + 16 = 804; the larger
+    # of the pooled values 144 windows x 32 lanes = 4,608 (forward) and the patches 576
+    # pixels x 32 + 16 = 18,448 (backward); the masked dout 30 x 144 = 4,320; the forward's
+    # int32 argmax 144 x 32 = 4,608: 819 + 18,463 + 4,335 + 4,623 = 28,240 floats. On the
+    # calling thread the larger of the filters (25 x 32 + 32) and the 8 groups' dW and db
+    # partials 8 x 30 x (32 + 2) = 8,160.
     conv, pool = layers.Conv2d(1, 30, 5), layers.MaxPool2d(2)
     conv.needs_input_grad = False
     if backend._native._conv_plan(100, 1, 28, 28, 30, 5, 5, 1, 0, 2, 144, False, 2)[0] != "direct":
         pytest.skip("the direct path needs an AVX-512 CPU")
     for threads in (1, 2, 8):
         got = scratch_bytes(conv, (100, 1, 28, 28), 2, pool=pool, backend_name="native", threads=threads)
-        assert got == (min(threads_used(threads), 8) * 42_609 + 8_160) * 4
+        assert got == (min(threads_used(threads), 8) * 28_240 + 8_160) * 4
     # Not pooled, the backward runs im2col: the direct forward's buffers (padded image and flat
     # outputs on each of the threads that share the 100 images; the filters on the caller)
     # plus im2col's backward (8 image groups: a col tile of 25 x 576 floats and 28 padded

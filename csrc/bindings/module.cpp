@@ -1,6 +1,8 @@
 // The extension module: build facts, thread control and every native kernel.
 #include <pybind11/stl.h>
 
+#include <array>
+#include <optional>
 #include <string>
 
 #include "blas.h"
@@ -65,18 +67,28 @@ PYBIND11_MODULE(_native, m) {
     m.def("set_conv_algorithm", &fl::set_conv_algorithm, py::arg("algorithm"));
     m.def("get_conv_algorithm", &fl::conv_algorithm);
     // Private, for fastlayers.profile and the tests: which algorithms a float32 convolution's
-    // forward ("direct", "winograd" or "im2col") and backward (those, or "pooled") run, and
-    // the bytes the paths other than im2col ask for (conv_direct.h, winograd.h,
-    // conv_pooled.h). fused: 0 the convolution alone, 1 with ReLU, 2 with ReLU and max
-    // pooling into planes of pooled_plane pixels.
+    // forward ("direct", "winograd" or "im2col") and backward (those, or "pooled") run, the
+    // bytes the paths other than im2col ask for (conv_direct.h, winograd.h, conv_pooled.h),
+    // and whether the direct forward pools in its registers. fused: 0 the convolution alone,
+    // 1 with ReLU, 2 with ReLU and max pooling into planes of pooled_plane pixels, whose
+    // window, stride and padding are pool (PH, PW, stride, pad) where known.
     m.def("_conv_plan", [](fl::i64 N, fl::i64 C, fl::i64 H, fl::i64 W, fl::i64 FN, fl::i64 FH, fl::i64 FW,
                             fl::i64 stride, fl::i64 pad, int fused, fl::i64 pooled_plane, bool dx,
-                            fl::i64 threads) -> py::tuple {
+                            fl::i64 threads, std::optional<std::array<fl::i64, 4>> pool) -> py::tuple {
         if (N < 0 || C < 0 || FN < 0 || FH < 1 || FW < 1 || stride < 1 || pad < 0 || H + 2 * pad < FH ||
             W + 2 * pad < FW || pooled_plane < 0)
             throw std::invalid_argument("_conv_plan: not a valid convolution geometry");
         const fl::ConvGeometry g{N, C, H, W, FN, FH, FW, stride, pad, (H + 2 * pad - FH) / stride + 1,
                                  (W + 2 * pad - FW) / stride + 1};
+        bool registers = false;
+        if (fused >= 2 && pool) {
+            const auto [PH, PW, ps, pp] = *pool;
+            if (PH < 1 || PW < 1 || ps < 1 || pp < 0 || g.OH + 2 * pp < PH || g.OW + 2 * pp < PW)
+                throw std::invalid_argument("_conv_plan: not a valid pooling geometry");
+            const fl::PoolGeometry pg{N, FN, g.OH, g.OW, PH, PW, ps, pp, (g.OH + 2 * pp - PH) / ps + 1,
+                                      (g.OW + 2 * pp - PW) / ps + 1};
+            registers = fl::direct_pools_in_registers(g, pg);
+        }
         // The order conv2d.cpp tries them in.
         const bool winograd = fl::winograd_applies(g);
         const char* forward = fl::direct_applies(g) ? "direct" : winograd ? "winograd" : "im2col";
@@ -86,12 +98,14 @@ PYBIND11_MODULE(_native, m) {
                                                                                            : "im2col";
         const std::string fw = forward, bw = backward;
         fl::i64 bytes = 0;
-        if (fw == "direct") bytes += fl::direct_scratch_bytes(g, fused, pooled_plane, threads, dx);
+        if (fw == "direct") bytes += fl::direct_scratch_bytes(g, fused, pooled_plane, threads, dx, registers);
         if (fw == "winograd" || bw == "winograd")
             bytes += fl::winograd_scratch_bytes(g, dx, fused, threads, bw == "winograd");
         if (bw == "pooled") bytes += fl::pooled_backward_scratch_bytes(g, pooled_plane, dx, threads);
-        return py::make_tuple(forward, backward, bytes);
-    });
+        return py::make_tuple(forward, backward, bytes, registers);
+    }, py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("FN"), py::arg("FH"), py::arg("FW"),
+       py::arg("stride"), py::arg("pad"), py::arg("fused"), py::arg("pooled_plane"), py::arg("dx"),
+       py::arg("threads"), py::arg("pool") = py::none());
     // Private: lets the thread-pool test show that its probe detects the fight it guards.
     m.def("_blas_separate_pools", &fl::blas::use_separate_pools, py::arg("on"), py::arg("threads"));
 

@@ -71,10 +71,11 @@ def _team(n: int, min_per_thread: int, threads: int) -> int:
 
 
 def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fused, dx, pooled_plane=0,
-                         forward_im2col=True, backward_im2col=True) -> int:
+                         forward_im2col=True, backward_im2col=True, forward_registers=False) -> int:
     # fused: 0 (conv alone), 1 (conv + ReLU), 2 (conv + ReLU + max pooling, whose output
     # planes have pooled_plane pixels). forward_im2col=False: the forward runs the direct
-    # path, whose buffers the caller counts; the pooled block's per-image output stays here.
+    # path, whose buffers the caller counts; the pooled block's per-image output stays here,
+    # unless the direct forward pools in its registers (forward_registers) and has none.
     # backward_im2col=False: another path runs the backward and the caller counts it.
     N, C, H, W = shape
     if N == 0:
@@ -130,7 +131,7 @@ def _native_conv_scratch(shape, FN, FH, FW, stride, pad, itemsize, threads, fuse
     else:
         team = _team(N, _min_items_macs(float(FN) * float(K) * float(P)), threads)
         use(slot0, team, col)
-        use(slot2, team, image_bytes)
+        use(slot2, team, 0 if forward_registers else image_bytes)
         if not direct and forward_im2col:
             use(slot1, team, max(padded_rows(p0, t) for p0, t in pieces))
 
@@ -209,26 +210,27 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
         _, OH, OW = layer.output_shape((C, H, W))
         return N * OH * OW * C * FH * FW * itemsize
     threads = (backend.get_num_threads() if threads is None else int(threads)) if _OPENMP else 1
-    pooled_plane = 0
+    pooled_plane, window = 0, None
     if int(fused) >= 2:
         if pool is None:
             raise ValueError("scratch_bytes: a convolution fused with its pooling needs the pool layer (pool=...)")
         _, _, POH, POW = pool._output((shape[0], *layer.output_shape(shape[1:])))
-        pooled_plane = POH * POW
+        pooled_plane, window = POH * POW, (*pool.kernel_size, pool.stride, pool.padding)
     # Float32 convolutions may take the direct, Winograd or sparse pooled paths
     # (backend.set_conv_algorithm): the native code says which, and what they ask for; the
     # passes that run im2col are counted here.
-    forward, backward, nbytes = "im2col", "im2col", 0
+    forward, backward, nbytes, registers = "im2col", "im2col", 0, False
     if layer.dtype == np.float32:
-        forward, backward, nbytes = backend._native._conv_plan(
+        forward, backward, nbytes, registers = backend._native._conv_plan(
             *shape, layer.out_channels, FH, FW, stride, pad, int(fused), pooled_plane, layer.needs_input_grad,
-            max(1, threads),
+            max(1, threads), window,
         )
     if forward != "im2col" and backward != "im2col" and (forward != "direct" or backward == "direct"):
         return nbytes
     return nbytes + _native_conv_scratch(
         shape, layer.out_channels, FH, FW, stride, pad, itemsize, max(1, threads), int(fused), layer.needs_input_grad,
         pooled_plane, forward_im2col=forward == "im2col", backward_im2col=backward == "im2col",
+        forward_registers=registers,
     )
 
 
