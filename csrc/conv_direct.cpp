@@ -272,29 +272,16 @@ FL_TARGET_AVX512 void pooled_forward_block(float* val, std::int32_t* idx, i64 ld
                 for (int v = 0; v < FG; ++v) acc[v][r][k] = _mm512_fmadd_ps(wv[v], xb, acc[v][r][k]);
             }
     }
-    // The maximum of the raw values, then the ReLU: where that maximum is <= 0 (no NaN among
-    // the four) every ReLU output is 0 and the scan keeps the first pixel; elsewhere the ReLU
-    // leaves the winner and every value that could tie with it as they are.
-    const __m512 zero = _mm512_setzero_ps();
-    const std::int32_t delta[4] = {0, 1, OW, OW + 1};
 #pragma GCC unroll 7
-    for (int r = 0; r < R; ++r) {
-        const std::int32_t top = at + 2 * r;
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int v = 0; v < FG; ++v) {
-            __m512 best = acc[v][r][0];
-            __m512i id = _mm512_set1_epi32(top);
-#pragma GCC unroll 3
-            for (int k = 1; k < 4; ++k) {
-                const __mmask16 m = vm::replaces_mask(acc[v][r][k], best);
-                best = _mm512_mask_mov_ps(best, m, acc[v][r][k]);
-                id = _mm512_mask_mov_epi32(id, m, _mm512_set1_epi32(top + delta[k]));
-            }
-            const __mmask16 off_ = _mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ);
-            _mm512_storeu_ps(val + r * ld + 16 * v, _mm512_mask_mov_ps(best, off_, zero));
-            _mm512_storeu_si512(idx + r * ld + 16 * v, _mm512_mask_mov_epi32(id, off_, _mm512_set1_epi32(top)));
+            __m512 best;
+            __m512i id;
+            vm::relu_max2x2(best, id, acc[v][r], at + 2 * r, OW);
+            _mm512_storeu_ps(val + r * ld + 16 * v, best);
+            _mm512_storeu_si512(idx + r * ld + 16 * v, id);
         }
-    }
 }
 
 using PooledForwardBlock = void (*)(float*, std::int32_t*, i64, const float*, i64, const float*, i64, const float*,
@@ -307,29 +294,6 @@ constexpr std::array<PooledForwardBlock, 7> pooled_forward_row(std::index_sequen
 constexpr std::array<std::array<PooledForwardBlock, 7>, kMaxPoolGroup> kPooledForward = {
     pooled_forward_row<1>(std::make_index_sequence<7>{}), pooled_forward_row<2>(std::make_index_sequence<7>{}),
     pooled_forward_row<3>(std::make_index_sequence<7>{}), pooled_forward_row<4>(std::make_index_sequence<7>{})};
-
-// amn (FN, PP) int64 = idx (PP, ld) int32 transposed: 16 windows by 16 filters through the
-// registers (the bits travel as floats), each filter's row widened as it is stored.
-FL_TARGET_AVX512 void argmax_to_planar(std::int64_t* amn, const std::int32_t* idx, i64 ld, i64 FN, i64 PP) {
-    for (i64 q0 = 0; q0 < PP; q0 += 16)
-        for (i64 f0 = 0; f0 < FN; f0 += 16) {
-            const i64 nq = std::min<i64>(16, PP - q0), nf = std::min<i64>(16, FN - f0);
-            __m512 r[16];
-            for (i64 i = 0; i < 16; ++i)
-                r[i] = i < nq ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(transpose::first_lanes(nf),
-                                                                              idx + (q0 + i) * ld + f0))
-                              : _mm512_setzero_ps();
-            transpose::transpose16(r);
-            const __mmask16 m = transpose::first_lanes(nq);
-            for (i64 j = 0; j < nf; ++j) {
-                const __m512i v = _mm512_castps_si512(r[j]);
-                std::int64_t* d = amn + (f0 + j) * PP + q0;
-                _mm512_mask_storeu_epi64(d, static_cast<__mmask8>(m), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
-                _mm512_mask_storeu_epi64(d + 8, static_cast<__mmask8>(m >> 8),
-                                         _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
-            }
-        }
-}
 
 #endif  // FL_AVX512_DISPATCH
 
@@ -435,7 +399,7 @@ bool direct_forward_pooled(float* out, std::int64_t* argmax, const float* x, con
                 }
         }
         transpose::to_planar(out + n * FNPP, PP, POW, val, POW * L, L, FN, POH, POW);
-        argmax_to_planar(argmax + n * FNPP, idx, L, FN, PP);
+        transpose::to_planar_widened(argmax + n * FNPP, PP, idx, L, FN, PP);
     }, direct_min_images(g));
     return true;
 #else

@@ -274,6 +274,28 @@ FL_TARGET_AVX512 inline __mmask8 replaces_mask(__m512d v, __m512d best) {
     return _mm512_mask_cmp_pd_mask(_mm512_cmp_pd_mask(best, best, _CMP_ORD_Q), v, best, _CMP_NLE_UQ);
 }
 
+// One 2x2 window of a ReLU's outputs max-pooled, as relu_forward then maxpool2d_forward have
+// it, 16 lanes at once: c[0..3] the window's pixels in row-major order before the ReLU; val =
+// the pooled ReLU output, idx = its in-plane index (top for c[0], top + 1, top + down,
+// top + down + 1). The maximum of the raw values comes first, then the ReLU: where that
+// maximum is <= 0 (no NaN among the four) all four ReLU outputs are 0 and the scan keeps the
+// first pixel; elsewhere the ReLU leaves the winner, and every value that could tie with it,
+// as they are.
+FL_TARGET_AVX512 inline void relu_max2x2(__m512& val, __m512i& idx, const __m512 (&c)[4], std::int32_t top,
+                                         std::int32_t down) {
+    const std::int32_t at[4] = {top, top + 1, top + down, top + down + 1};
+    __m512 best = c[0];
+    __m512i id = _mm512_set1_epi32(top);
+    for (int k = 1; k < 4; ++k) {
+        const __mmask16 m = replaces_mask(c[k], best);
+        best = _mm512_mask_mov_ps(best, m, c[k]);
+        id = _mm512_mask_mov_epi32(id, m, _mm512_set1_epi32(at[k]));
+    }
+    const __mmask16 off = _mm512_cmp_ps_mask(best, _mm512_setzero_ps(), _CMP_LE_OQ);
+    val = _mm512_mask_mov_ps(best, off, _mm512_setzero_ps());
+    idx = _mm512_mask_mov_epi32(id, off, _mm512_set1_epi32(top));
+}
+
 // Whether all of x (n,) is finite (no infinity, no NaN): the exponent bits of every value,
 // 16 at a time, the last step masked. For the AVX-512-only paths that must hand an input with
 // a non-finite value to a dense sum (conv_direct.cpp, conv_pooled.cpp).

@@ -244,6 +244,63 @@ void transform_inputs(float* V, const float* x, const Tiling& t, i64 n0, i64 n1,
     }
 }
 
+// Whether the fused pooling of winograd_conv pools one image's output where the tiles leave
+// it, channel-last (pool_channel_last): 2x2 windows at stride 2, no padding, whole vectors of
+// channels, int32 indices, an AVX-512 CPU.
+bool pools_channel_last(const PoolGeometry* pool, i64 Cout, i64 P) {
+#ifdef FL_AVX512_DISPATCH
+    return pool && pool->PH == 2 && pool->PW == 2 && pool->stride == 2 && pool->pad == 0 && Cout % 16 == 0 &&
+           P < (i64{1} << 31) && cpu_has_avx512();
+#else
+    (void)pool, (void)Cout, (void)P;
+    return false;
+#endif
+}
+
+#ifdef FL_AVX512_DISPATCH
+// One image's output pooled from its channel-last tiles, without the planar copy of the whole
+// output that maxpool2d_forward would read: yh (4*th, 4*tw, Cout), pixel (oh, ow) at
+// yh + oh*row + ow*Cout, gets the bias added in place (the float additions the planar path
+// makes); then each window's four pixels are four vectors of 16 channels, pooled with the
+// ReLU by vm::relu_max2x2 (the bits of relu then maxpool2d_forward), into val and idx (PP,
+// Cout), which are transposed to outn and amn (Cout, PP). Returns whether every biased
+// output was finite.
+FL_TARGET_AVX512 bool pool_channel_last(float* outn, std::int64_t* amn, float* yh, i64 row, const float* b, i64 Cout,
+                                        i64 OH, i64 OW, const PoolGeometry& pool, float* val, std::int32_t* idx) {
+    const i64 CV = Cout / 16, POH = pool.OH, POW = pool.OW, PP = POH * POW;
+    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
+    __mmask16 bad = 0;
+    for (i64 oh = 0; oh < OH; ++oh)
+        for (i64 ow = 0; ow < OW; ++ow) {
+            float* p = yh + oh * row + ow * Cout;
+            for (i64 v = 0; v < CV; ++v) {
+                const __m512 y = _mm512_add_ps(_mm512_loadu_ps(p + 16 * v),
+                                               b ? _mm512_loadu_ps(b + 16 * v) : _mm512_setzero_ps());
+                _mm512_storeu_ps(p + 16 * v, y);
+                bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(y), exponent), exponent);
+            }
+        }
+    for (i64 ph = 0; ph < POH; ++ph)
+        for (i64 pw = 0; pw < POW; ++pw) {
+            const float* p = yh + 2 * ph * row + 2 * pw * Cout;
+            const i64 q = ph * POW + pw;
+            const auto top = static_cast<std::int32_t>(2 * ph * OW + 2 * pw);
+            for (i64 v = 0; v < CV; ++v) {
+                const __m512 c[4] = {_mm512_loadu_ps(p + 16 * v), _mm512_loadu_ps(p + Cout + 16 * v),
+                                     _mm512_loadu_ps(p + row + 16 * v), _mm512_loadu_ps(p + row + Cout + 16 * v)};
+                __m512 best;
+                __m512i id;
+                vm::relu_max2x2(best, id, c, top, static_cast<std::int32_t>(OW));
+                _mm512_storeu_ps(val + q * Cout + 16 * v, best);
+                _mm512_storeu_si512(idx + q * Cout + 16 * v, id);
+            }
+        }
+    transpose::to_planar(outn, PP, POW, val, POW * Cout, Cout, Cout, POH, POW);
+    transpose::to_planar_widened(amn, PP, idx, Cout, Cout, PP);
+    return bad == 0;
+}
+#endif
+
 }  // namespace
 
 bool winograd_applies(const ConvGeometry& g) {
@@ -291,7 +348,8 @@ std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx) 
     return U;
 }
 
-i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads, bool backward) {
+i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads, bool backward,
+                           const PoolGeometry* pool) {
     if (!winograd_applies(g)) return 0;
     // Per-thread slots 0..3 (padded plane, V, M or dM, channel-last output or gradient), each
     // kept at the largest size any pass asks; a pass uses min(threads, chunks) threads.
@@ -324,7 +382,11 @@ i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 thread
         }
     }
     once = std::max(forward, back);
-    const double image_out = fused == 2 ? double(g.FN) * double(g.OH) * double(g.OW) : 0.0;
+    // Pooled, one image's output per thread, or where it pools channel-last the pooled values
+    // and their int32 argmax, (PP, FN) each.
+    double image_out = fused == 2 ? double(g.FN) * double(g.OH) * double(g.OW) : 0.0;
+    if (fused == 2 && pools_channel_last(pool, g.FN, g.OH * g.OW))
+        image_out = 2.0 * double(pool->OH) * double(pool->OW) * double(g.FN);
     return static_cast<i64>((team * (slot[0] + slot[1] + slot[2] + slot[3]) + forward_team * image_out + once) *
                             sizeof(float));
 }
@@ -342,6 +404,7 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
     const Tiling t = tiling(N, Cin, H, W, Cout, pad);
     const Transforms tr = transforms();
     const i64 P = t.OH * t.OW, row = 4 * t.tw * Cout, CK = Cin * Cout;
+    const bool channel_last = relu && pools_channel_last(pool, Cout, P);
     std::vector<char> finite(static_cast<size_t>(t.chunks), 1);
     parallel_for(t.chunks, [&](i64 ci) {
         const i64 n0 = ci * t.imgs, n1 = std::min(N, n0 + t.imgs), T = (n1 - n0) * t.Tn;
@@ -359,6 +422,17 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
         bool bad = false;
         for (i64 n = n0; n < n1; ++n) {
             tr.output(yh, M, t, (n - n0) * t.Tn, T);
+#ifdef FL_AVX512_DISPATCH
+            if (channel_last) {
+                const i64 PP = pool->OH * pool->OW;
+                float* val = scratch<5>(PP * Cout);  // (PP, Cout) pooled, channel-last
+                std::int32_t* idx = kept_buffer<std::int32_t, WinogradScratch, 5>(PP * Cout);  // and argmax
+                if (!pool_channel_last(out + n * Cout * PP, argmax + n * Cout * PP, yh, row, b, Cout, t.OH, t.OW,
+                                       one, val, idx))
+                    bad = true;
+                continue;
+            }
+#endif
             // (Cout, OH, OW): the output, or with pooling this thread's planes of one image,
             // pooled while they are in cache.
             float* o = pool ? scratch<5>(Cout * P) : out + n * Cout * P;

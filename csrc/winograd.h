@@ -31,7 +31,9 @@ std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx);
 // the filters U stands for, + b (Cout,) when b is non-null, then max(., 0) when relu. With
 // pool (its N, C, H, W those of that output), out (N, Cout, POH, POW) and argmax are the max
 // pooling of it instead, image by image as maxpool2d_forward pools (the same bits), and the
-// full output never reaches memory. Returns whether every value before the ReLU was finite.
+// full output never reaches memory; 2x2 windows at stride 2 over whole vectors of channels
+// are pooled straight from the channel-last tiles. Returns whether every value before the
+// ReLU was finite.
 bool winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
                    i64 H, i64 W, i64 Cout, i64 pad, const PoolGeometry* pool = nullptr,
                    std::int64_t* argmax = nullptr);
@@ -47,8 +49,10 @@ bool winograd_dW(float* dWc, const float* g, const float* x, const ConvGeometry&
 // thread alone (the transformed filters, the dW partials, and the whole batch's output
 // gradient where the pooling or ReLU is fused, with the ReLU alone its planes' sums). dx:
 // whether the backward computes dx; fused: 0 conv alone, 1 with ReLU, 2 with ReLU and max
-// pooling; backward: whether the backward runs here too (the fused pooled one may run
+// pooling, of geometry pool where known (null otherwise: counted as a pooling that needs the
+// planar output); backward: whether the backward runs here too (the fused pooled one may run
 // conv_pooled.h's instead).
-i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads, bool backward);
+i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 threads, bool backward,
+                           const PoolGeometry* pool);
 
 }  // namespace fl

@@ -197,7 +197,11 @@ def test_float64_keeps_im2col(case):
     assert np.array_equal(*outs)
 
 
-POOL_CASES = [(2, 3, 8, 8, 5, 1), (3, 17, 13, 11, 33, 0), (1, 32, 14, 14, 32, 2), (2, 16, 6, 9, 7, 1)]
+# Output channels in whole vectors of 16 pool straight from the channel-last tiles
+# (vm::relu_max2x2), the others from the planar output: both, with odd output planes whose
+# last row or column no window covers.
+POOL_CASES = [(2, 3, 8, 8, 5, 1), (3, 17, 13, 11, 33, 0), (1, 32, 14, 14, 32, 2), (2, 16, 6, 9, 7, 1),
+              (2, 16, 7, 9, 16, 1), (2, 16, 28, 28, 16, 1), (3, 64, 8, 8, 64, 1), (2, 8, 9, 6, 48, 0)]
 
 
 @pytest.mark.parametrize("case", POOL_CASES, ids=_id)
@@ -226,6 +230,28 @@ def test_fused_pool_kernels_give_the_unfused_bits(case):
     nat.conv2d_relu_maxpool2d_backward(fdx, fdW, fdb, dpool, x, Wt, got, arg, 1, pad)
     for a, b_ in ((fdx, dx), (fdW, dW), (fdb, db)):
         assert np.array_equal(a, b_)
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=_id)
+def test_fused_pool_forward_with_infinities_and_nans_gives_the_unfused_bits(case):
+    """A non-finite output makes the Winograd forward hand the layer to im2col (see
+    winograd.h); the fused kernel must notice it as the unfused one does, so both give
+    im2col's bits, NaNs and infinities included."""
+    N, C, H, W, FN, pad = case
+    d = _data(case, 7)
+    x = d["x"].copy()
+    x[0, 0, 0, 0] = np.inf
+    x[-1, -1, H // 2, W // 2] = np.nan
+    OH, OW = H + 2 * pad - 2, W + 2 * pad - 2
+    y = np.empty((N, FN, OH, OW), F32)
+    nat.conv2d_relu_forward(y, x, d["W"], d["b"], 1, pad)
+    shape = (N, FN, (OH - 2) // 2 + 1, (OW - 2) // 2 + 1)
+    want, want_arg = np.empty(shape, F32), np.empty(shape, np.int64)
+    nat.maxpool2d_forward(want, want_arg, y, 2, 2, 2, 0)
+    got, arg = np.empty(shape, F32), np.empty(shape, np.int64)
+    nat.conv2d_relu_maxpool2d_forward(got, arg, x, d["W"], d["b"], 1, pad, 2, 2, 2, 0)
+    assert np.isnan(got).any()
+    assert got.tobytes() == want.tobytes() and np.array_equal(arg, want_arg)
 
 
 @pytest.mark.skipif(not fastlayers.build_info()["openmp"], reason="one thread only without OpenMP")

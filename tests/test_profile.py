@@ -310,8 +310,9 @@ def test_native_scratch_of_the_winograd_path():
     # and pooling, 2 threads. Tiles: 2x2 per image; V and M of an image take
     # 36 * 4 * (64 + 64) * 4 B = 73,728 B, so 28 images fill the 2 MiB chunk budget: 4 chunks
     # (already even) of 25 images, 2 threads busy. Per thread: padded plane 10*10*64, V and M
-    # 36*100*64 each, output tiles 16*4*64 floats = 471,296 floats, and one image's output,
-    # which the forward pools, 64*8*8 = 4,096. On the calling thread, the larger of the forward
+    # 36*100*64 each, output tiles 16*4*64 floats = 471,296 floats, and, as the forward pools
+    # 2x2 windows straight from the tiles, one image's pooled values and their int32 argmax,
+    # 2 * 4*4 * 64 = 2,048. On the calling thread, the larger of the forward
     # (U 36*64*64) and the backward (4 chunks of dW partials + the batch's gradient
     # 100*64*8*8 + dx's filters): 1,146,880 floats. dx's convolution (64 -> 64, 8x8, pad 1)
     # asks the same per-thread sizes.
@@ -320,7 +321,7 @@ def test_native_scratch_of_the_winograd_path():
     try:
         backend.set_conv_algorithm("winograd")
         got = scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
-        assert got == (threads_used(2) * (471_296 + 4_096) + 1_146_880) * 4  # one thread without OpenMP
+        assert got == (threads_used(2) * (471_296 + 2_048) + 1_146_880) * 4  # one thread without OpenMP
         if backend._native._conv_plan(100, 64, 8, 8, 64, 3, 3, 1, 1, 2, 16, True, 2)[1] == "pooled":
             # "auto": the forward as above (on the calling thread U, 147,456 floats), the
             # backward the sparse pooled one. Its floats, each buffer with room for its 64-byte
@@ -334,7 +335,7 @@ def test_native_scratch_of_the_winograd_path():
             # the rearranged filters 64*9*64 + 15: 333,122.
             backend.set_conv_algorithm("auto")
             auto = scratch_bytes(conv, (100, 64, 8, 8), 2, pool=pool, backend_name="native", threads=2)
-            assert auto == (threads_used(2) * (471_296 + 4_096 + 22_805) + 147_456 + 333_122) * 4
+            assert auto == (threads_used(2) * (471_296 + 2_048 + 22_805) + 147_456 + 333_122) * 4
             backend.set_conv_algorithm("winograd")
         # With Winograd off the same layer reports im2col's workspace, which is another number.
         backend.set_conv_algorithm("im2col")

@@ -80,15 +80,15 @@ PYBIND11_MODULE(_native, m) {
             throw std::invalid_argument("_conv_plan: not a valid convolution geometry");
         const fl::ConvGeometry g{N, C, H, W, FN, FH, FW, stride, pad, (H + 2 * pad - FH) / stride + 1,
                                  (W + 2 * pad - FW) / stride + 1};
-        bool registers = false;
+        std::optional<fl::PoolGeometry> pg;
         if (fused >= 2 && pool) {
             const auto [PH, PW, ps, pp] = *pool;
             if (PH < 1 || PW < 1 || ps < 1 || pp < 0 || g.OH + 2 * pp < PH || g.OW + 2 * pp < PW)
                 throw std::invalid_argument("_conv_plan: not a valid pooling geometry");
-            const fl::PoolGeometry pg{N, FN, g.OH, g.OW, PH, PW, ps, pp, (g.OH + 2 * pp - PH) / ps + 1,
-                                      (g.OW + 2 * pp - PW) / ps + 1};
-            registers = fl::direct_pools_in_registers(g, pg);
+            pg = fl::PoolGeometry{N, FN, g.OH, g.OW, PH, PW, ps, pp, (g.OH + 2 * pp - PH) / ps + 1,
+                                  (g.OW + 2 * pp - PW) / ps + 1};
         }
+        const bool registers = pg && fl::direct_pools_in_registers(g, *pg);
         // The order conv2d.cpp tries them in.
         const bool winograd = fl::winograd_applies(g);
         const char* forward = fl::direct_applies(g) ? "direct" : winograd ? "winograd" : "im2col";
@@ -100,7 +100,7 @@ PYBIND11_MODULE(_native, m) {
         fl::i64 bytes = 0;
         if (fw == "direct") bytes += fl::direct_scratch_bytes(g, fused, pooled_plane, threads, dx, registers);
         if (fw == "winograd" || bw == "winograd")
-            bytes += fl::winograd_scratch_bytes(g, dx, fused, threads, bw == "winograd");
+            bytes += fl::winograd_scratch_bytes(g, dx, fused, threads, bw == "winograd", pg ? &*pg : nullptr);
         if (bw == "pooled") bytes += fl::pooled_backward_scratch_bytes(g, pooled_plane, dx, threads);
         return py::make_tuple(forward, backward, bytes, registers);
     }, py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"), py::arg("FN"), py::arg("FH"), py::arg("FW"),

@@ -185,7 +185,8 @@ def scratch_bytes(layer: Layer, input_shape: Sequence[int], fused: int = 0, *, p
     convolution that runs Winograd (``backend.set_conv_algorithm``) counts that path's
     buffers instead, as the native code reports them: per thread, a padded channel-last
     plane and the transformed tiles of a chunk of images (with the pooling fused, one image's
-    output too); on the calling thread, the transformed filters, the dW partials of the chunks
+    output too, or for 2x2 windows that pool from the tiles its pooled values and argmax); on
+    the calling thread, the transformed filters, the dW partials of the chunks
     and, where the ReLU or pooling is fused, the whole batch's output gradient. The direct and
     sparse pooled paths likewise report their own buffers. For the im2col passes, the native
     kernel works in tiles of at most 1 MiB per thread (plus at most 1 MiB of padded input
