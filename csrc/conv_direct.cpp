@@ -426,13 +426,13 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
     // dW (FN, K) +=, db (FN,) +=; dout, out, argmax (N, FN, PP); x (N, C, H, W)
     const i64 N = g.N, FN = g.FN, P = g.OH * g.OW, CHW = g.C * g.H * g.W;
     if (N == 0 || FN == 0) return true;
-    if (!vm::all_finite_avx512(x, N * CHW)) return false;
     const DirectLayout fl = flat(g);
     const i64 K = static_cast<i64>(fl.off.size()), Kp = (K + 15) / 16 * 16;
     const PooledFilter kernel = kPooled[Kp / 16 - 1];
     const i64 G = std::min(N, kMaxGroups);
     std::vector<float> part(static_cast<size_t>(G * FN * Kp), 0.0f);  // (G, FN, Kp)
     std::vector<double> db_part(static_cast<size_t>(G * FN), 0.0);
+    std::vector<char> finite(static_cast<size_t>(G), 1);
     const double work_per_group = double(FN) * double(PP + P) * double(Kp) * double(N) / double(G);
     parallel_for(G, [&](i64 gi) {
         float* xf = scratch<0>(fl.xlen);    // (xlen,) padded image
@@ -440,6 +440,12 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
         float* m = scratch<2>(FN * PP);     // (FN, PP) dout where out > 0
         float* acc = part.data() + gi * FN * Kp;
         for (i64 n = N * gi / G; n < N * (gi + 1) / G; ++n) {
+            // Checked here, on every thread, rather than the whole batch on the caller first:
+            // nothing reaches dW or db before all the groups are done.
+            if (!vm::all_finite_avx512(x + n * CHW, CHW)) {
+                finite[static_cast<size_t>(gi)] = 0;
+                return;
+            }
             pad_image(xf, x + n * CHW, g, fl);
             build_patches(colT, Kp, xf, g, fl);
             vm::relu_mask(m, out + n * FN * PP, dout + n * FN * PP, FN * PP);
@@ -451,6 +457,7 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
             }
         }
     }, min_items_macs(work_per_group));
+    if (!std::all_of(finite.begin(), finite.end(), [](char ok) { return ok != 0; })) return false;
     for (i64 f = 0; f < FN; ++f) {
         for (i64 t = 0; t < K; ++t) {
             float s = part[static_cast<size_t>(f * Kp + t)];

@@ -108,10 +108,12 @@ T* scratch(i64 n) {
     return kept_buffer_aligned<T, PooledScratch, Slot>(n);
 }
 
-// xc (Hp*Wp, Cp) = image xn (C, H, W) channel-last, zero-padded around and past C.
-FL_TARGET_AVX512 void to_channel_last(float* xc, const float* xn, const ConvGeometry& g, const Layout& L) {
+// xc (Hp*Wp, Cp) = image xn (C, H, W) channel-last, zero-padded around and past C. Returns
+// whether every value of xn is finite.
+FL_TARGET_AVX512 bool to_channel_last(float* xc, const float* xn, const ConvGeometry& g, const Layout& L) {
     std::memset(xc, 0, static_cast<size_t>(L.pixels) * sizeof(float));
-    transpose::to_channel_last(xc + (g.pad * L.Wp + g.pad) * L.Cp, L.Wp * L.Cp, L.Cp, xn, g.H * g.W, g.W, g.C, g.H, g.W);
+    return transpose::to_channel_last_checked(xc + (g.pad * L.Wp + g.pad) * L.Cp, L.Wp * L.Cp, L.Cp, xn, g.H * g.W,
+                                              g.W, g.C, g.H, g.W);
 }
 
 // Appends to the entries from em[ne], epos[ne], eoff[ne] those of one filter with m != 0 (a
@@ -264,12 +266,10 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
         Segment* seg = kept_buffer<Segment, PooledScratch>(std::max(FN, P));  // dW's filters, dx's pixels
         float* acc = part + gi * FNT * Cp;
         for (i64 n = N * gi / G; n < N * (gi + 1) / G; ++n) {
-            const float* xn = x + n * CHW;
-            if (!vm::all_finite_avx512(xn, CHW)) {
+            if (!to_channel_last(xc, x + n * CHW, g, L)) {
                 finite[static_cast<size_t>(gi)] = 0;
                 return;
             }
-            to_channel_last(xc, xn, g, L);
             vm::relu_mask(m, out + n * FN * PP, dout + n * FN * PP, FN * PP);
             i64 ne = 0;
             for (i64 f = 0; f < FN; ++f) {

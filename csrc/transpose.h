@@ -11,6 +11,7 @@
 // written: padding around either layout is left as it is.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "common.h"
@@ -55,13 +56,21 @@ FL_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
 inline __mmask16 first_lanes(i64 n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u); }
 
 // One block: dst[j*dst_stride + i] = src[i*src_stride + j] for i < ni, j < nj (both <= 16).
-FL_TARGET_AVX512 inline void transpose_block(float* dst, i64 dst_stride, const float* src, i64 src_stride, i64 ni,
-                                             i64 nj) {
+// Check: returns the lanes of the values read whose exponent bits are all ones (infinities,
+// NaNs); else 0.
+template <bool Check>
+FL_TARGET_AVX512 inline __mmask16 transpose_block(float* dst, i64 dst_stride, const float* src, i64 src_stride,
+                                                  i64 ni, i64 nj) {
+    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
     __m512 r[16];
-    for (i64 i = 0; i < 16; ++i)
+    __mmask16 bad = 0;
+    for (i64 i = 0; i < 16; ++i) {
         r[i] = i < ni ? _mm512_maskz_loadu_ps(first_lanes(nj), src + i * src_stride) : _mm512_setzero_ps();
+        if (Check) bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(r[i]), exponent), exponent);
+    }
     transpose16(r);
     for (i64 j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + j * dst_stride, first_lanes(ni), r[j]);
+    return bad;
 }
 
 // block(h, c0, w0, cn, wn) for every block of cn <= 16 channels from c0 by wn <= 16 pixels
@@ -102,34 +111,46 @@ FL_TARGET_AVX512 inline void to_planar_widened(std::int64_t* pl, i64 pl_plane, c
 
 // One copy between the layouts, both directions: ToChannelLast, dst is channel-last and src
 // planar; else the other way round. The strides are the channel-last image's (cl_row,
-// cl_pix) and the planar one's (pl_plane, pl_row) either way.
-template <bool ToChannelLast>
-inline void copy(float* dst, const float* src, i64 cl_row, i64 cl_pix, i64 pl_plane, i64 pl_row, i64 C, i64 H,
+// cl_pix) and the planar one's (pl_plane, pl_row) either way. Check: returns whether every
+// value copied is finite (no infinity, no NaN), for a compare per vector; else true.
+template <bool ToChannelLast, bool Check = false>
+inline bool copy(float* dst, const float* src, i64 cl_row, i64 cl_pix, i64 pl_plane, i64 pl_row, i64 C, i64 H,
                  i64 W) {
 #ifdef FL_AVX512_DISPATCH
     if (cpu_has_avx512()) {
+        __mmask16 bad = 0;
         for_each_block(C, H, W, [&](i64 h, i64 c0, i64 w0, i64 cn, i64 wn) {
             const i64 cl = h * cl_row + w0 * cl_pix + c0, pl = c0 * pl_plane + h * pl_row + w0;
             if (ToChannelLast)
-                transpose_block(dst + cl, cl_pix, src + pl, pl_plane, cn, wn);
+                bad |= transpose_block<Check>(dst + cl, cl_pix, src + pl, pl_plane, cn, wn);
             else
-                transpose_block(dst + pl, pl_plane, src + cl, cl_pix, wn, cn);
+                bad |= transpose_block<Check>(dst + pl, pl_plane, src + cl, cl_pix, wn, cn);
         });
-        return;
+        return bad == 0;
     }
 #endif
+    bool finite = true;
     for (i64 c = 0; c < C; ++c)
         for (i64 h = 0; h < H; ++h)
             for (i64 w = 0; w < W; ++w) {
                 const i64 cl = h * cl_row + w * cl_pix + c, pl = c * pl_plane + h * pl_row + w;
-                dst[ToChannelLast ? cl : pl] = src[ToChannelLast ? pl : cl];
+                const float v = src[ToChannelLast ? pl : cl];
+                dst[ToChannelLast ? cl : pl] = v;
+                if (Check) finite = finite && std::isfinite(v);
             }
+    return finite;
 }
 
 // cl (channel-last) = pl (planar), C x H x W.
 inline void to_channel_last(float* cl, i64 cl_row, i64 cl_pix, const float* pl, i64 pl_plane, i64 pl_row, i64 C,
                             i64 H, i64 W) {
     copy<true>(cl, pl, cl_row, cl_pix, pl_plane, pl_row, C, H, W);
+}
+
+// The same, returning whether every value is finite.
+inline bool to_channel_last_checked(float* cl, i64 cl_row, i64 cl_pix, const float* pl, i64 pl_plane, i64 pl_row,
+                                    i64 C, i64 H, i64 W) {
+    return copy<true, true>(cl, pl, cl_row, cl_pix, pl_plane, pl_row, C, H, W);
 }
 
 // pl (planar) = cl (channel-last), C x H x W.
