@@ -244,42 +244,55 @@ void transform_inputs(float* V, const float* x, const Tiling& t, i64 n0, i64 n1,
     }
 }
 
-// Whether the fused pooling of winograd_conv pools one image's output where the tiles leave
-// it, channel-last (pool_channel_last): 2x2 windows at stride 2, no padding, whole vectors of
-// channels, int32 indices, an AVX-512 CPU.
-bool pools_channel_last(const PoolGeometry* pool, i64 Cout, i64 P) {
+// Whether winograd_conv finishes an image's output where the tiles leave it, channel-last
+// (bias_channel_last): whole vectors of channels, an AVX-512 CPU.
+bool finishes_channel_last(i64 Cout) {
 #ifdef FL_AVX512_DISPATCH
-    return pool && pool->PH == 2 && pool->PW == 2 && pool->stride == 2 && pool->pad == 0 && Cout % 16 == 0 &&
-           P < (i64{1} << 31) && cpu_has_avx512();
+    return Cout % 16 == 0 && cpu_has_avx512();
 #else
-    (void)pool, (void)Cout, (void)P;
+    (void)Cout;
     return false;
 #endif
 }
 
+// ... and whether its fused pooling pools there too (pool_channel_last): 2x2 windows at
+// stride 2, no padding, int32 indices.
+bool pools_channel_last(const PoolGeometry* pool, i64 Cout, i64 P) {
+    return pool && pool->PH == 2 && pool->PW == 2 && pool->stride == 2 && pool->pad == 0 && P < (i64{1} << 31) &&
+           finishes_channel_last(Cout);
+}
+
 #ifdef FL_AVX512_DISPATCH
-// One image's output pooled from its channel-last tiles, without the planar copy of the whole
-// output that maxpool2d_forward would read: yh (4*th, 4*tw, Cout), pixel (oh, ow) at
-// yh + oh*row + ow*Cout, gets the bias added in place (the float additions the planar path
-// makes); then each window's four pixels are four vectors of 16 channels, pooled with the
-// ReLU by vm::relu_max2x2 (the bits of relu then maxpool2d_forward), into val and idx (PP,
-// Cout), which are transposed to outn and amn (Cout, PP). Returns whether every biased
-// output was finite.
-FL_TARGET_AVX512 bool pool_channel_last(float* outn, std::int64_t* amn, float* yh, i64 row, const float* b, i64 Cout,
-                                        i64 OH, i64 OW, const PoolGeometry& pool, float* val, std::int32_t* idx) {
-    const i64 CV = Cout / 16, POH = pool.OH, POW = pool.OW, PP = POH * POW;
+// One image's output in its channel-last tiles yh (4*th, 4*tw, Cout), pixel (oh, ow) at
+// yh + oh*row + ow*Cout, Cout a whole number of vectors: the bias added in place (b may be
+// null), then the ReLU when asked (v <= 0 -> 0, NaN kept): the float operations the planar
+// path makes, a vector of channels at a time. Returns whether every biased value is finite.
+FL_TARGET_AVX512 bool bias_channel_last(float* yh, i64 row, const float* b, i64 Cout, i64 OH, i64 OW, bool relu) {
     const __m512i exponent = _mm512_set1_epi32(0x7F800000);
+    const __m512 zero = _mm512_setzero_ps();
     __mmask16 bad = 0;
     for (i64 oh = 0; oh < OH; ++oh)
         for (i64 ow = 0; ow < OW; ++ow) {
             float* p = yh + oh * row + ow * Cout;
-            for (i64 v = 0; v < CV; ++v) {
-                const __m512 y = _mm512_add_ps(_mm512_loadu_ps(p + 16 * v),
-                                               b ? _mm512_loadu_ps(b + 16 * v) : _mm512_setzero_ps());
-                _mm512_storeu_ps(p + 16 * v, y);
+            for (i64 c = 0; c < Cout; c += 16) {
+                __m512 y = _mm512_add_ps(_mm512_loadu_ps(p + c), b ? _mm512_loadu_ps(b + c) : zero);
                 bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(y), exponent), exponent);
+                if (relu) y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, zero, _CMP_LE_OQ), zero);
+                _mm512_storeu_ps(p + c, y);
             }
         }
+    return bad == 0;
+}
+
+// The same image pooled without the planar copy of its whole output that maxpool2d_forward
+// would read: the bias added (bias_channel_last), then each window's four pixels are four
+// vectors of 16 channels, pooled with the ReLU by vm::relu_max2x2 (the bits of relu then
+// maxpool2d_forward), into val and idx (PP, Cout), which are transposed to outn and amn
+// (Cout, PP). Returns whether every biased output was finite.
+FL_TARGET_AVX512 bool pool_channel_last(float* outn, std::int64_t* amn, float* yh, i64 row, const float* b, i64 Cout,
+                                        i64 OH, i64 OW, const PoolGeometry& pool, float* val, std::int32_t* idx) {
+    const i64 CV = Cout / 16, POH = pool.OH, POW = pool.OW, PP = POH * POW;
+    const bool finite = bias_channel_last(yh, row, b, Cout, OH, OW, false);
     for (i64 ph = 0; ph < POH; ++ph)
         for (i64 pw = 0; pw < POW; ++pw) {
             const float* p = yh + 2 * ph * row + 2 * pw * Cout;
@@ -297,7 +310,7 @@ FL_TARGET_AVX512 bool pool_channel_last(float* outn, std::int64_t* amn, float* y
         }
     transpose::to_planar(outn, PP, POW, val, POW * Cout, Cout, Cout, POH, POW);
     transpose::to_planar_widened(amn, PP, idx, Cout, Cout, PP);
-    return bad == 0;
+    return finite;
 }
 #endif
 
@@ -404,7 +417,7 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
     const Tiling t = tiling(N, Cin, H, W, Cout, pad);
     const Transforms tr = transforms();
     const i64 P = t.OH * t.OW, row = 4 * t.tw * Cout, CK = Cin * Cout;
-    const bool channel_last = relu && pools_channel_last(pool, Cout, P);
+    const bool channel_last = relu && pools_channel_last(pool, Cout, P), finish_channel_last = finishes_channel_last(Cout);
     std::vector<char> finite(static_cast<size_t>(t.chunks), 1);
     parallel_for(t.chunks, [&](i64 ci) {
         const i64 n0 = ci * t.imgs, n1 = std::min(N, n0 + t.imgs), T = (n1 - n0) * t.Tn;
@@ -430,6 +443,11 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
                 if (!pool_channel_last(out + n * Cout * PP, argmax + n * Cout * PP, yh, row, b, Cout, t.OH, t.OW,
                                        one, val, idx))
                     bad = true;
+                continue;
+            }
+            if (!pool && finish_channel_last) {
+                if (!bias_channel_last(yh, row, b, Cout, t.OH, t.OW, relu)) bad = true;
+                transpose::to_planar(out + n * Cout * P, P, t.OW, yh, row, Cout, Cout, t.OH, t.OW);
                 continue;
             }
 #endif

@@ -319,20 +319,21 @@ def test_modes_and_the_automatic_choice():
 
 @pytest.mark.parametrize("where", ["x", "W", "dout"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_values_give_im2cols_results(where, bad):
+@pytest.mark.parametrize("FN", [4, 16])  # 16: the output is finished channel-last
+def test_non_finite_values_give_im2cols_results(where, bad, FN):
     """The transforms would spread one inf or NaN over a whole tile (inf - inf is NaN): such
     a result is redone with im2col, so the non-finite values fall where a direct sum puts
     them, bit for bit as with set_conv_algorithm("im2col")."""
     rng = np.random.default_rng(8)
-    d = {"x": rng.standard_normal((2, 3, 12, 12)).astype(F32), "W": rng.standard_normal((4, 3, 3, 3)).astype(F32),
-         "dout": rng.standard_normal((2, 4, 12, 12)).astype(F32)}
+    d = {"x": rng.standard_normal((2, 3, 12, 12)).astype(F32), "W": rng.standard_normal((FN, 3, 3, 3)).astype(F32),
+         "dout": rng.standard_normal((2, FN, 12, 12)).astype(F32)}
     d[where][(0,) * (d[where].ndim - 2) + (1, 1)] = bad
-    b = np.zeros(4, F32)
+    b = np.zeros(FN, F32)
 
     def run():
-        out = np.empty((2, 4, 12, 12), F32)
+        out = np.empty((2, FN, 12, 12), F32)
         nat.conv2d_relu_forward(out, d["x"], d["W"], b, 1, 1)
-        dx, dW, db = np.empty_like(d["x"]), np.ones_like(d["W"]), np.ones(4, F32)
+        dx, dW, db = np.empty_like(d["x"]), np.ones_like(d["W"]), np.ones(FN, F32)
         nat.conv2d_backward(dx, dW, db, d["dout"], d["x"], d["W"], 1, 1)
         return out, dx, dW, db
 
