@@ -424,8 +424,8 @@ void forward(T* out, const T* x, const T* W, const T* b, const ConvGeometry& g) 
             return;
         }
         if (winograd_applies(g)) {
-            const std::vector<float> U = winograd_filters(W, FN, g.C, false);
-            if (winograd_conv(out, x, U.data(), b, Relu, N, g.C, g.H, g.W, FN, g.pad)) return;
+            const float* U = winograd_filters(W, FN, g.C, false);
+            if (winograd_conv(out, x, U, b, Relu, N, g.C, g.H, g.W, FN, g.pad)) return;
             // A non-finite value: redone below with im2col (winograd.h).
         }
     }
@@ -604,8 +604,8 @@ bool winograd_backward(float* dx, float* dW, float* db, const float* gfull, cons
     if (!winograd_dW(dWc.data(), gfull, x, g)) return false;
     if (dx) {
         // dx is dY convolved with the flipped, transposed filters, padded by 2 - pad.
-        const std::vector<float> Ut = winograd_filters(W, FN, g.C, true);
-        if (!winograd_conv(dx, gfull, Ut.data(), nullptr, false, N, FN, g.OH, g.OW, g.C, 2 - g.pad)) return false;
+        const float* Ut = winograd_filters(W, FN, g.C, true);
+        if (!winograd_conv(dx, gfull, Ut, nullptr, false, N, FN, g.OH, g.OW, g.C, 2 - g.pad)) return false;
     }
     for (i64 k = 0; k < FNK; ++k) dW[k] += dWc[static_cast<size_t>(k)];
     // db: each filter's sum over images then pixels, in double, one thread per filter.
@@ -687,8 +687,8 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
             return;
         }
         if (winograd_applies(g)) {
-            const std::vector<float> U = winograd_filters(W, FN, g.C, false);
-            if (winograd_conv(out, x, U.data(), b, true, N, g.C, g.H, g.W, FN, g.pad, &pg, argmax)) return;
+            const float* U = winograd_filters(W, FN, g.C, false);
+            if (winograd_conv(out, x, U, b, true, N, g.C, g.H, g.W, FN, g.pad, &pg, argmax)) return;
         }
     }
     if (N == 1) {

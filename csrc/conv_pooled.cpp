@@ -239,19 +239,19 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
     const Layout L = layout(g);
     const i64 T = L.T, Cp = L.Cp, FNT = FN * T;
     if (dx && !vm::all_finite_avx512(W, FNT * C)) return false;
+    // The calling thread's buffers, kept across calls (slots past the ones the loop's threads
+    // use; the caller is one of them), so that no call pays for fresh pages:
     // Wr (FN, T, Cp): W[f][c][t] at Wr[(f*T + t)*Cp + c], zeros past C. 64-byte aligned.
-    std::vector<float> Wr_store;
     float* Wr = nullptr;
     if (dx) {
-        Wr_store.assign(static_cast<size_t>(FNT * Cp + kAlignSlack<float>), 0.0f);
-        Wr = align64(Wr_store.data());
+        Wr = scratch<float, 10>(FNT * Cp);
+        if (Cp != C) std::memset(Wr, 0, static_cast<size_t>(FNT * Cp) * sizeof(float));
         for (i64 f = 0; f < FN; ++f)
             for (i64 c = 0; c < C; ++c)
                 for (i64 t = 0; t < T; ++t) Wr[(f * T + t) * Cp + c] = W[(f * C + c) * T + t];
     }
     const i64 G = std::min(N, kMaxGroups), P = g.OH * g.OW;
-    std::vector<float> part_store(static_cast<size_t>(G * FNT * Cp + kAlignSlack<float>), 0.0f);
-    float* part = align64(part_store.data());  // (G, FN, T, Cp)
+    float* part = scratch<float, 11>(G * FNT * Cp);  // (G, FN, T, Cp), each group zeroes its own
     std::vector<double> db_part(static_cast<size_t>(G * FN), 0.0);
     std::vector<char> finite(static_cast<size_t>(G), 1);
     const double macs_per_group =
@@ -265,6 +265,7 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
         i64* start = scratch<i64, 5>(FN + 1);     // filter f's entries: [start[f], start[f+1])
         Segment* seg = kept_buffer<Segment, PooledScratch>(std::max(FN, P));  // dW's filters, dx's pixels
         float* acc = part + gi * FNT * Cp;
+        std::memset(acc, 0, static_cast<size_t>(FNT * Cp) * sizeof(float));
         for (i64 n = N * gi / G; n < N * (gi + 1) / G; ++n) {
             if (!to_channel_last(xc, x + n * CHW, g, L)) {
                 finite[static_cast<size_t>(gi)] = 0;

@@ -331,10 +331,13 @@ bool winograd_applies(const ConvGeometry& g) {
 constexpr double kG[6][3] = {{1.0 / 4, 0, 0},         {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
                              {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
 
-std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx) {
+struct WinogradFilters;
+
+const float* winograd_filters(const float* W, i64 FN, i64 C, bool for_dx) {
     const i64 Cin = for_dx ? FN : C, Cout = for_dx ? C : FN;
-    const i64 CK = checked_mul(Cin, Cout, "Cin*Cout");
-    std::vector<float> U(static_cast<size_t>(checked_mul(kTaps, CK, "U size")));
+    const i64 CK = checked_mul(Cin, Cout, "Cin*Cout"), n = checked_mul(kTaps, CK, "U size");
+    // Every element is written below, so the kept buffer is not cleared first.
+    float* U = for_dx ? kept_buffer<float, WinogradFilters, 1>(n) : kept_buffer<float, WinogradFilters, 0>(n);
     // One input channel per task, all output channels at once: the arithmetic runs along
     // the output channels, U's contiguous axis, so it vectorises.
     parallel_for(Cin, [&](i64 ci) {
@@ -351,7 +354,7 @@ std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx) 
             }
         for (int p = 0; p < 6; ++p)  // U = (G w) G^T (6, 6)
             for (int q = 0; q < 6; ++q) {
-                float* u = U.data() + (p * 6 + q) * CK + ci * Cout;
+                float* u = U + (p * 6 + q) * CK + ci * Cout;
                 const double *g0 = gw.data() + p * 3 * Cout, *g1 = g0 + Cout, *g2 = g1 + Cout;
                 FL_SIMD
                 for (i64 co = 0; co < Cout; ++co)

@@ -18,8 +18,10 @@ bool winograd_applies(const ConvGeometry& g);
 
 // U (36, Cin, Cout), xi = 6*i + j, from W (FN, C, 3, 3): U[xi][c][f] = (G W[f][c] G^T)[i][j]
 // (Cin = C, Cout = FN); with `for_dx` the filters of dx's convolution, W[f][c] flipped in
-// both axes with input and output swapped (Cin = FN, Cout = C).
-std::vector<float> winograd_filters(const float* W, i64 FN, i64 C, bool for_dx);
+// both axes with input and output swapped (Cin = FN, Cout = C). U is the calling thread's
+// buffer, one for each value of for_dx, kept across calls: it holds until this thread asks
+// for that kind again.
+const float* winograd_filters(const float* W, i64 FN, i64 C, bool for_dx);
 
 // Non-finite values. The transforms mix a whole 6x6 input tile into every output of its
 // 4x4 tile, so one infinity or NaN would make outputs NaN that a direct sum leaves finite
