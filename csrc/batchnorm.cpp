@@ -136,7 +136,17 @@ struct Train {
 
     // Features [blk*kFeatureBlock, +nf) of x (N,F).
     static FL_ALWAYS_INLINE void features(const Args& a, i64 blk) {
-        const i64 N = a.N, F = a.F, f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, F - f0);
+        const i64 f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, a.F - f0);
+        if (nf == kFeatureBlock)
+            block<kFeatureBlock>(a, f0, nf);
+        else
+            block<0>(a, f0, nf);
+    }
+
+    // NF > 0: the block's width known when compiling, so that its sums stay in registers.
+    template <i64 NF>
+    static FL_ALWAYS_INLINE void block(const Args& a, i64 f0, i64 width) {
+        const i64 N = a.N, F = a.F, nf = NF > 0 ? NF : width;
         const double inv_m = 1.0 / static_cast<double>(N);
         double mu[kFeatureBlock] = {}, var[kFeatureBlock] = {};
         for (i64 n = 0; n < N; ++n) {
@@ -236,7 +246,16 @@ struct Backward {
     }
 
     static FL_ALWAYS_INLINE void features(const Args& a, i64 blk) {
-        const i64 N = a.N, F = a.F, f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, F - f0);
+        const i64 f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, a.F - f0);
+        if (nf == kFeatureBlock)
+            block<kFeatureBlock>(a, f0, nf);
+        else
+            block<0>(a, f0, nf);
+    }
+
+    template <i64 NF>
+    static FL_ALWAYS_INLINE void block(const Args& a, i64 f0, i64 width) {
+        const i64 N = a.N, F = a.F, nf = NF > 0 ? NF : width;
         double sg[kFeatureBlock] = {}, sgx[kFeatureBlock] = {}, mu[kFeatureBlock];
         for (i64 f = 0; f < nf; ++f) mu[f] = static_cast<double>(a.mean[f0 + f]);
         for (i64 n = 0; n < N; ++n) {
