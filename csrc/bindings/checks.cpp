@@ -107,29 +107,52 @@ void Checker::same_shape(const py::array& a, const char* name, const py::array& 
                     " (the shape of '" + ref_name + "')");
 }
 
-void Checker::distinct(std::initializer_list<std::pair<const py::array*, const char*>> arrays) const {
-    for (auto i = arrays.begin(); i != arrays.end(); ++i) {
-        for (auto j = std::next(i); j != arrays.end(); ++j) {
-            if (!i->first || !j->first) continue;  // an optional output that was None
-            const py::array& a = *i->first;
-            const py::array& b = *j->first;
-            if (a.nbytes() == 0 || b.nbytes() == 0) continue;
-            // Every array reaching a kernel is C-contiguous, so its bytes are one interval.
-            const char* a0 = static_cast<const char*>(a.data());
-            const char* b0 = static_cast<const char*>(b.data());
-            if (a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes())
-                value_error(std::string("arguments '") + i->second + "' and '" + j->second +
-                            "' overlap in memory; expected distinct arrays (outputs must not alias inputs)");
-        }
+namespace {
+// The bytes of a C-contiguous array (every array reaching a kernel is one): one interval, or
+// none for an empty array or an optional output given as None.
+struct Span {
+    const char *begin = nullptr, *end = nullptr;
+    const char* name;
+};
+Span span(const std::pair<const py::array*, const char*>& p) {
+    Span s{nullptr, nullptr, p.second};
+    if (p.first && p.first->size() > 0) {
+        s.begin = static_cast<const char*>(p.first->data());
+        s.end = s.begin + p.first->nbytes();
     }
+    return s;
+}
+bool overlap(const Span& a, const Span& b) { return a.begin && b.begin && a.begin < b.end && b.begin < a.end; }
+}  // namespace
+
+void Checker::distinct(std::initializer_list<std::pair<const py::array*, const char*>> arrays) const {
+    std::vector<Span> s;
+    s.reserve(arrays.size());
+    for (const auto& p : arrays) s.push_back(span(p));
+    for (size_t i = 0; i < s.size(); ++i)
+        for (size_t j = i + 1; j < s.size(); ++j)
+            if (overlap(s[i], s[j])) overlap_error(s[i].name, s[j].name);
 }
 
 void Checker::outputs_distinct(std::initializer_list<std::pair<const py::array*, const char*>> outputs,
                                std::initializer_list<std::pair<const py::array*, const char*>> inputs) const {
-    for (auto o = outputs.begin(); o != outputs.end(); ++o) {
-        for (auto p = std::next(o); p != outputs.end(); ++p) distinct({*o, *p});
-        for (const auto& i : inputs) distinct({*o, i});
+    // Each array's interval once, then every pair that involves an output.
+    std::vector<Span> out, in;
+    out.reserve(outputs.size());
+    in.reserve(inputs.size());
+    for (const auto& p : outputs) out.push_back(span(p));
+    for (const auto& p : inputs) in.push_back(span(p));
+    for (size_t o = 0; o < out.size(); ++o) {
+        for (size_t p = o + 1; p < out.size(); ++p)
+            if (overlap(out[o], out[p])) overlap_error(out[o].name, out[p].name);
+        for (const Span& i : in)
+            if (overlap(out[o], i)) overlap_error(out[o].name, i.name);
     }
+}
+
+void Checker::overlap_error(const char* a, const char* b) const {
+    value_error(std::string("arguments '") + a + "' and '" + b +
+                "' overlap in memory; expected distinct arrays (outputs must not alias inputs)");
 }
 
 namespace {

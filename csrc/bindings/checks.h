@@ -75,6 +75,7 @@ struct Checker {
     void scratch_fits(std::initializer_list<i64> factors, i64 elem_bytes, const std::string& what) const;
 
     [[noreturn]] void value_error(const std::string& msg) const;
+    [[noreturn]] void overlap_error(const char* a, const char* b) const;
     [[noreturn]] void type_error(const std::string& msg) const;
 };
 
