@@ -134,16 +134,7 @@ template <class T, bool Relu>
 struct Train {
     using Args = TrainArgs<T>;
 
-    // Features [blk*kFeatureBlock, +nf) of x (N,F).
-    static FL_ALWAYS_INLINE void features(const Args& a, i64 blk) {
-        const i64 f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, a.F - f0);
-        if (nf == kFeatureBlock)
-            block<kFeatureBlock>(a, f0, nf);
-        else
-            block<0>(a, f0, nf);
-    }
-
-    // NF > 0: the block's width known when compiling, so that its sums stay in registers.
+    // Features [f0, f0 + nf) of x (N,F), nf = NF, or width when NF is 0 (see features()).
     template <i64 NF>
     static FL_ALWAYS_INLINE void block(const Args& a, i64 f0, i64 width) {
         const i64 N = a.N, F = a.F, nf = NF > 0 ? NF : width;
@@ -245,14 +236,6 @@ struct Backward {
         B = static_cast<T>(gi * istd * sum_gxhat * inv_m);
     }
 
-    static FL_ALWAYS_INLINE void features(const Args& a, i64 blk) {
-        const i64 f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, a.F - f0);
-        if (nf == kFeatureBlock)
-            block<kFeatureBlock>(a, f0, nf);
-        else
-            block<0>(a, f0, nf);
-    }
-
     template <i64 NF>
     static FL_ALWAYS_INLINE void block(const Args& a, i64 f0, i64 width) {
         const i64 N = a.N, F = a.F, nf = NF > 0 ? NF : width;
@@ -318,17 +301,28 @@ struct Backward {
     }
 };
 
+// Feature block blk of x (N,F) through kernel K: a whole block at its width known when
+// compiling, so that its sums stay in registers; the last, narrower one at run time.
+template <class K>
+FL_ALWAYS_INLINE void features(const typename K::Args& a, i64 blk) {
+    const i64 f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, a.F - f0);
+    if (nf == kFeatureBlock)
+        K::template block<kFeatureBlock>(a, f0, nf);
+    else
+        K::template block<0>(a, f0, nf);
+}
+
 // One task (a feature block, or a channel) of kernel K, in the baseline and AVX-512 builds.
 template <class K>
 void task_default(const typename K::Args& a, i64 t) {
-    if (a.S == 1) K::features(a, t);
+    if (a.S == 1) features<K>(a, t);
     else K::channel(a, t);
 }
 
 #ifdef FL_AVX512_DISPATCH
 template <class K>
 FL_TARGET_AVX512 void task_avx512(const typename K::Args& a, i64 t) {
-    if (a.S == 1) K::features(a, t);
+    if (a.S == 1) features<K>(a, t);
     else K::channel(a, t);
 }
 #endif
