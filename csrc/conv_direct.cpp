@@ -12,6 +12,14 @@
 // accumulators, two x vectors and a broadcast fill the 32 vector registers. FN is padded
 // with zero filters to a whole number of blocks.
 //
+// Forward fused with ReLU and 2x2 stride-2 max pooling. Pooling the flat outputs would take a
+// pass of its own (a row of windows per vector, permutes to pair the columns), which cost a
+// third of the convolution. So the vectors turn the other way: 16 filters along each, and a
+// block of R pooling windows in a row keeps the 4*R pixels' accumulators of FG filter
+// vectors (pooled_forward_block); per tap, FG weight loads and 4*R broadcasts feed 4*R*FG
+// FMAs. The window's ReLU, maximum and argmax are then selects between registers, and only
+// the pooled values reach memory.
+//
 // Backward, fused with ReLU and max pooling, dx not wanted (a network's first layer). The
 // gradient of the convolution's output y is zero except at each window's argmax, so
 //   dW[f] = sum over n and pooled q of m_n[f][q] * patch_n(argmax_n[f][q]),
@@ -34,7 +42,6 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
-#include <tuple>
 #include <utility>
 
 #include "isa_dispatch.h"

@@ -86,14 +86,15 @@ inline void for_each_block(i64 C, i64 H, i64 W, Block block) {
 // channels, channel-last, to planar, widened as they are stored (the pooled kernels' argmax,
 // computed in int32 lanes). 16 pixels by 16 channels through the registers, the bits moved as
 // floats.
-FL_TARGET_AVX512 inline void to_planar_widened(std::int64_t* pl, i64 pl_plane, const std::int32_t* cl, i64 cl_pix, i64 C,
-                                               i64 n) {
+FL_TARGET_AVX512 inline void to_planar_widened(std::int64_t* pl, i64 pl_plane, const std::int32_t* cl, i64 cl_pix,
+                                               i64 C, i64 n) {
     for (i64 q0 = 0; q0 < n; q0 += 16)
         for (i64 c0 = 0; c0 < C; c0 += 16) {
             const i64 nq = std::min<i64>(16, n - q0), nc = std::min<i64>(16, C - c0);
             __m512 r[16];
             for (i64 i = 0; i < 16; ++i)
-                r[i] = i < nq ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(first_lanes(nc), cl + (q0 + i) * cl_pix + c0))
+                r[i] = i < nq ? _mm512_castsi512_ps(
+                                    _mm512_maskz_loadu_epi32(first_lanes(nc), cl + (q0 + i) * cl_pix + c0))
                               : _mm512_setzero_ps();
             transpose16(r);
             const __mmask16 m = first_lanes(nq);

@@ -420,7 +420,8 @@ bool winograd_conv(float* out, const float* x, const float* U, const float* b, b
     const Tiling t = tiling(N, Cin, H, W, Cout, pad);
     const Transforms tr = transforms();
     const i64 P = t.OH * t.OW, row = 4 * t.tw * Cout, CK = Cin * Cout;
-    const bool channel_last = relu && pools_channel_last(pool, Cout, P), finish_channel_last = finishes_channel_last(Cout);
+    const bool channel_last = relu && pools_channel_last(pool, Cout, P);
+    const bool finish_channel_last = finishes_channel_last(Cout);
     std::vector<char> finite(static_cast<size_t>(t.chunks), 1);
     parallel_for(t.chunks, [&](i64 ci) {
         const i64 n0 = ci * t.imgs, n1 = std::min(N, n0 + t.imgs), T = (n1 - n0) * t.Tn;
