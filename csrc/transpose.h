@@ -16,6 +16,7 @@
 
 #include "common.h"
 #include "isa_dispatch.h"
+#include "vecmath.h"
 
 #ifdef FL_AVX512_DISPATCH
 #include <immintrin.h>
@@ -61,12 +62,11 @@ inline __mmask16 first_lanes(i64 n) { return static_cast<__mmask16>(n >= 16 ? 0x
 template <bool Check>
 FL_TARGET_AVX512 inline __mmask16 transpose_block(float* dst, i64 dst_stride, const float* src, i64 src_stride,
                                                   i64 ni, i64 nj) {
-    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
     __m512 r[16];
     __mmask16 bad = 0;
     for (i64 i = 0; i < 16; ++i) {
         r[i] = i < ni ? _mm512_maskz_loadu_ps(first_lanes(nj), src + i * src_stride) : _mm512_setzero_ps();
-        if (Check) bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(r[i]), exponent), exponent);
+        if (Check) bad |= vm::nonfinite_lanes(r[i]);
     }
     transpose16(r);
     for (i64 j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + j * dst_stride, first_lanes(ni), r[j]);

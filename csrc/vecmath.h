@@ -263,6 +263,12 @@ FL_TARGET_AVX512 inline i64 relu_mask_avx512(float* g, const float* out, const f
     return i;
 }
 
+// The lanes of v that hold an infinity or a NaN: all exponent bits set.
+FL_TARGET_AVX512 inline __mmask16 nonfinite_lanes(__m512 v) {
+    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
+    return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), exponent), exponent);
+}
+
 // The lanes where v replaces the running maximum `best` of a pooling window scanned in
 // order, np.argmax's rule (maxpool2d.cpp's replaces()): the first NaN wins and is never
 // replaced, otherwise only a strictly larger value replaces. "Not v <= best" is v > best or
@@ -300,12 +306,10 @@ FL_TARGET_AVX512 inline void relu_max2x2(__m512& val, __m512i& idx, const __m512
 // 16 at a time, the last step masked. For the AVX-512-only paths that must hand an input with
 // a non-finite value to a dense sum (conv_direct.cpp, conv_pooled.cpp).
 FL_TARGET_AVX512 inline bool all_finite_avx512(const float* x, i64 n) {
-    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
     __mmask16 bad = 0;
     for (i64 k = 0; k < n; k += 16) {
         const __mmask16 m = static_cast<__mmask16>(n - k >= 16 ? 0xFFFF : (1u << (n - k)) - 1u);
-        const __m512i bits = _mm512_maskz_loadu_epi32(m, x + k);
-        bad |= _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(bits, exponent), exponent);
+        bad |= nonfinite_lanes(_mm512_maskz_loadu_ps(m, x + k));  // the masked-off lanes are 0
     }
     return bad == 0;
 }

@@ -268,7 +268,6 @@ bool pools_channel_last(const PoolGeometry* pool, i64 Cout, i64 P) {
 // null), then the ReLU when asked (v <= 0 -> 0, NaN kept): the float operations the planar
 // path makes, a vector of channels at a time. Returns whether every biased value is finite.
 FL_TARGET_AVX512 bool bias_channel_last(float* yh, i64 row, const float* b, i64 Cout, i64 OH, i64 OW, bool relu) {
-    const __m512i exponent = _mm512_set1_epi32(0x7F800000);
     const __m512 zero = _mm512_setzero_ps();
     __mmask16 bad = 0;
     for (i64 oh = 0; oh < OH; ++oh)
@@ -276,7 +275,7 @@ FL_TARGET_AVX512 bool bias_channel_last(float* yh, i64 row, const float* b, i64 
             float* p = yh + oh * row + ow * Cout;
             for (i64 c = 0; c < Cout; c += 16) {
                 __m512 y = _mm512_add_ps(_mm512_loadu_ps(p + c), b ? _mm512_loadu_ps(b + c) : zero);
-                bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(y), exponent), exponent);
+                bad |= vm::nonfinite_lanes(y);
                 if (relu) y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, zero, _CMP_LE_OQ), zero);
                 _mm512_storeu_ps(p + c, y);
             }
