@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -90,7 +91,8 @@ def test_environment_variable_selects_the_default():
 
 def test_build_info():
     info = fastlayers.build_info()
-    for key in ("version", "compiler", "openmp", "threads", "blas", "blas_config", "blas_threading", "native_kernels"):
+    for key in ("version", "compiler", "openmp", "threads", "blas", "blas_config", "blas_threading", "heap",
+                "native_kernels"):
         assert key in info, key
     assert info["blas"] == "OpenBLAS"
     assert "affine_forward" in info["native_kernels"]
@@ -100,6 +102,54 @@ def test_build_info():
     assert info["blas_threading"] == ("openmp-tiles" if info["openmp"] else "openblas")
     if info["openmp"]:
         assert info["blas_threads"] == 1
+    assert info["heap"] in ("retained", "default")
+
+
+# Four touched 5 MiB arrays freed together, as a network's backward frees its activations:
+# more free memory at the heap's top than glibc's dynamic trim threshold, so by default the
+# heap is handed back and the next round faults every page in again.
+_HEAP_ROUNDS = textwrap.dedent(
+    """
+    import resource, numpy as np, fastlayers
+    faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    def round_():
+        arrays = [np.ones(5 << 18, np.float32) for _ in range(4)]
+        del arrays
+    round_()
+    before = faults()
+    for _ in range(10):
+        round_()
+    print(fastlayers.build_info()["heap"], (faults() - before) / 10)
+    """
+)
+
+
+def _heap_rounds(value: str | None) -> tuple[str, float]:
+    env = {k: v for k, v in os.environ.items() if k != "FASTLAYERS_RETAIN_HEAP"}
+    if value is not None:
+        env["FASTLAYERS_RETAIN_HEAP"] = value
+    out = subprocess.run([sys.executable, "-c", _HEAP_ROUNDS], env=env, capture_output=True, text=True, check=True)
+    policy, faults = out.stdout.split()
+    return policy, float(faults)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or fastlayers.build_info()["sanitize"],
+                    reason="heap retention sets glibc's malloc; the sanitizers bring their own allocator")
+def test_freed_arrays_are_reused_not_faulted_in_again():
+    """The slow case exists (2,000+ page faults a round with glibc's defaults) and cannot
+    happen once fastlayers is imported: the heap keeps what was freed."""
+    assert fastlayers.build_info()["heap"] == "retained"
+    policy, faults = _heap_rounds(None)
+    assert policy == "retained" and faults < 50, faults
+    policy, faults = _heap_rounds("0")
+    assert policy == "default" and faults > 1000, faults
+
+
+def test_retain_heap_setting_is_checked():
+    env = {**os.environ, "FASTLAYERS_RETAIN_HEAP": "yes"}
+    out = subprocess.run([sys.executable, "-c", "import fastlayers"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "FASTLAYERS_RETAIN_HEAP must be 0 or 1, got 'yes'" in out.stderr
 
 
 def test_set_num_threads_round_trip():

@@ -7,6 +7,7 @@
 
 #include "blas.h"
 #include "checks.h"
+#include "memory.h"
 #include "threading.h"
 #include "conv_direct.h"
 #include "conv_pooled.h"
@@ -55,6 +56,7 @@ PYBIND11_MODULE(_native, m) {
         d["blas_core"] = fl::blas::corename();
         d["blas_threads"] = fl::blas::num_threads();
         d["blas_threading"] = fl::threads::blas_threading();
+        d["heap"] = fl::memory::heap_policy();
 #ifdef FASTLAYERS_SANITIZED
         d["sanitize"] = true;
 #else
@@ -62,6 +64,7 @@ PYBIND11_MODULE(_native, m) {
 #endif
         return d;
     });
+    m.def("retain_heap", &fl::memory::retain_heap);
     m.def("set_num_threads", &fl::threads::set_num_threads, py::arg("n"));
     m.def("get_num_threads", &fl::threads::num_threads);
     m.def("set_conv_algorithm", &fl::set_conv_algorithm, py::arg("algorithm"));

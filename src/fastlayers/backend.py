@@ -24,6 +24,19 @@ from ._loader import load_native
 
 _native = load_native()
 
+
+def _retain_heap() -> None:
+    # Without this, glibc hands freed arrays back to the kernel and each training step faults
+    # them in again (csrc/memory.cpp). FASTLAYERS_RETAIN_HEAP=0 leaves malloc's settings alone.
+    value = os.environ.get("FASTLAYERS_RETAIN_HEAP", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"FASTLAYERS_RETAIN_HEAP must be 0 or 1, got {value!r}")
+    if value == "1":
+        _native.retain_heap()
+
+
+_retain_heap()
+
 BACKENDS = ("native", "numpy")
 KERNEL_NAMES: tuple[str, ...] = tuple(reference.__all__)
 
@@ -133,7 +146,8 @@ def conv_algorithm(algorithm: str):
 
 
 def build_info() -> dict:
-    """Compiler, OpenMP, threads, BLAS and the native kernels of this build."""
+    """Compiler, OpenMP, threads, BLAS, the heap policy (``"retained"`` or ``"default"``)
+    and the native kernels of this build."""
     info = dict(_native.build_facts())
     cov = coverage()
     info["native_kernels"] = sorted(name for name, native in cov.items() if native)
