@@ -43,7 +43,7 @@ class Arr:
 
     @property
     def nbytes(self) -> int:
-        itemsize = {"float32": 4, "float64": 8, "int64": 8, "uint8": 1}[self.dtype]
+        itemsize = {"float32": 4, "float64": 8, "int64": 8, "int32": 4, "uint8": 1}[self.dtype]
         n = 1
         for s in self.shape:
             n *= s
@@ -223,7 +223,7 @@ class ConvPool(ShapeSet):
     def _arrays(self):
         pooled = (self.N, self.FN, self.POH, self.POW)
         return (Arr("x", (self.N, self.C, self.H, self.W), "in"), Arr("W", (self.FN, self.C, self.F, self.F), "in"),
-                Arr("out", pooled, "out"), Arr("argmax", pooled, "out", "int64"))
+                Arr("out", pooled, "out"), Arr("argmax", pooled, "out", "int32"))
 
     def forward(self):
         x, W, out, argmax = self._arrays()
@@ -237,7 +237,7 @@ class ConvPool(ShapeSet):
         conv = self._conv().backward()[0]
         args = (Arr("dx", x.shape, "out") if self.dx else None, Arr("dW", W.shape, "acc"),
                 Arr("db", (self.FN,), "acc"), Arr("dout", out.shape, "in"), x, W,
-                Arr("out", out.shape, "in"), Arr("argmax", out.shape, "in", "int64"), self.stride, self.pad)
+                Arr("out", out.shape, "in"), Arr("argmax", out.shape, "in", "int32"), self.stride, self.pad)
         return [Call("conv2d_relu_maxpool2d_backward", args, flops=conv.flops, reduction=conv.reduction)]
 
 
@@ -263,14 +263,14 @@ class MaxPool(ShapeSet):
 
     def forward(self):
         o = (self.N, self.C, self.OH, self.OW)
-        args = (Arr("out", o, "out"), Arr("argmax", o, "out", "int64"),
+        args = (Arr("out", o, "out"), Arr("argmax", o, "out", "int32"),
                 Arr("x", (self.N, self.C, self.H, self.W), "in"), self.P, self.P, self.stride, self.pad)
         return [Call("maxpool2d_forward", args)]
 
     def backward(self):
         o = (self.N, self.C, self.OH, self.OW)
         args = (Arr("dx", (self.N, self.C, self.H, self.W), "out"), Arr("dout", o, "in"),
-                Arr("argmax", o, "in", "int64"))
+                Arr("argmax", o, "in", "int32"))
         return [Call("maxpool2d_backward", args)]
 
 

@@ -83,9 +83,9 @@ void softmax_backward(T* dx, const T* dout, const T* y, i64 N, i64 K);
 
 // ---- maxout.cpp: x (N,D), W (K,D,M), b (K,M) -> out (N,M), argmax (N,M)
 template <class T>
-void maxout_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const T* b, i64 N, i64 D, i64 K, i64 M);
+void maxout_forward(T* out, std::int32_t* argmax, const T* x, const T* W, const T* b, i64 N, i64 D, i64 K, i64 M);
 template <class T>
-void maxout_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const std::int64_t* argmax, i64 N,
+void maxout_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const std::int32_t* argmax, i64 N,
                      i64 D, i64 K, i64 M);
 
 // ---- rbf.cpp: x (N,D), centers (M,D), widths (M,) -> out (N,M)

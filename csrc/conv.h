@@ -66,10 +66,10 @@ void conv2d_relu_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const 
 // Convolution, ReLU and max pooling in one pass; pg is the pooling of the (N, FN, OH, OW)
 // convolution output, and argmax indexes its (OH, OW) planes.
 template <class T>
-void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const T* b,
+void conv2d_relu_maxpool2d_forward(T* out, std::int32_t* argmax, const T* x, const T* W, const T* b,
                                    const ConvGeometry& g, const PoolGeometry& pg);
 template <class T>
 void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out,
-                                    const std::int64_t* argmax, i64 POH, i64 POW, const ConvGeometry& g);
+                                    const std::int32_t* argmax, i64 POH, i64 POW, const ConvGeometry& g);
 
 }  // namespace fl

@@ -665,7 +665,7 @@ void backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const 
 // Each image makes exactly the calls conv2d_relu_forward and maxpool2d_forward make (the
 // same tiles, GEMM shapes and pooling loops), so the results equal the unfused pair's bits.
 template <class T>
-void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const T* b,
+void conv2d_relu_maxpool2d_forward(T* out, std::int32_t* argmax, const T* x, const T* W, const T* b,
                                    const ConvGeometry& g, const PoolGeometry& pg) {
     // out, argmax (N, FN, POH, POW); x (N, C, H, W); W (FN, C, FH, FW); b (FN,)
     const i64 N = g.N, FN = g.FN, CHW = g.C * g.H * g.W;
@@ -712,7 +712,7 @@ void conv2d_relu_maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, con
 // conv2d_relu_backward's masked dout does.
 template <class T>
 void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const T* out,
-                                    const std::int64_t* argmax, i64 POH, i64 POW, const ConvGeometry& g) {
+                                    const std::int32_t* argmax, i64 POH, i64 POW, const ConvGeometry& g) {
     // dx (N, C, H, W) or null; dW (FN, C, FH, FW), db (FN,) accumulated;
     // dout, out, argmax (N, FN, POH, POW); argmax indexes the (OH, OW) planes of y
     const Plan pl = plan(g, sizeof(T));
@@ -731,7 +731,7 @@ void conv2d_relu_maxpool2d_backward(T* dx, T* dW, T* db, const T* dout, const T*
         for (i64 f = 0; f < FN; ++f) {
             T* plane = gn + f * P;
             const T* m = masked + f * PP;
-            const std::int64_t* am = argmax + (n * FN + f) * PP;
+            const std::int32_t* am = argmax + (n * FN + f) * PP;
             for (i64 q = 0; q < PP; ++q) plane[am[q]] += m[q];
         }
     };
@@ -800,14 +800,14 @@ template void conv2d_relu_backward<float>(float*, float*, float*, const float*, 
 template void conv2d_relu_backward<double>(double*, double*, double*, const double*, const double*,
                                            const double*, const double*, const ConvGeometry&);
 
-template void conv2d_relu_maxpool2d_forward<float>(float*, std::int64_t*, const float*, const float*, const float*,
+template void conv2d_relu_maxpool2d_forward<float>(float*, std::int32_t*, const float*, const float*, const float*,
                                                   const ConvGeometry&, const PoolGeometry&);
-template void conv2d_relu_maxpool2d_forward<double>(double*, std::int64_t*, const double*, const double*,
+template void conv2d_relu_maxpool2d_forward<double>(double*, std::int32_t*, const double*, const double*,
                                                    const double*, const ConvGeometry&, const PoolGeometry&);
 template void conv2d_relu_maxpool2d_backward<float>(float*, float*, float*, const float*, const float*, const float*,
-                                                   const float*, const std::int64_t*, i64, i64, const ConvGeometry&);
+                                                   const float*, const std::int32_t*, i64, i64, const ConvGeometry&);
 template void conv2d_relu_maxpool2d_backward<double>(double*, double*, double*, const double*, const double*,
-                                                    const double*, const double*, const std::int64_t*, i64, i64,
+                                                    const double*, const double*, const std::int32_t*, i64, i64,
                                                     const ConvGeometry&);
 
 }  // namespace fl

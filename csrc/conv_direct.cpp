@@ -206,7 +206,7 @@ FL_TARGET_AVX512 void build_patches(float* colT, i64 Kp, const float* xf, const 
 // acc (Kp,) += sum over q of m[q] * colT[am[q]] for one filter: KV vectors a patch, four
 // independent chains over q so the FMA latency is hidden, added in a fixed order.
 template <int KV>
-FL_TARGET_AVX512 void pooled_filter(float* acc, const float* colT, const float* m, const std::int64_t* am, i64 PP) {
+FL_TARGET_AVX512 void pooled_filter(float* acc, const float* colT, const float* m, const std::int32_t* am, i64 PP) {
     constexpr i64 Kp = 16 * KV;
     __m512 a[4][KV];
 #pragma GCC unroll 4
@@ -235,7 +235,7 @@ FL_TARGET_AVX512 void pooled_filter(float* acc, const float* colT, const float* 
     }
 }
 
-using PooledFilter = void (*)(float*, const float*, const float*, const std::int64_t*, i64);
+using PooledFilter = void (*)(float*, const float*, const float*, const std::int32_t*, i64);
 constexpr PooledFilter kPooled[4] = {&pooled_filter<1>, &pooled_filter<2>, &pooled_filter<3>, &pooled_filter<4>};
 
 // ---- Forward fused with ReLU and 2x2 stride-2 max pooling, filters along the lanes.
@@ -376,7 +376,7 @@ bool direct_pools_in_registers(const ConvGeometry& g, const PoolGeometry& pg) {
            4.0 * (image_buffers(g).x + 2.0 * PP * lanes) <= kMaxImageBytes;
 }
 
-bool direct_forward_pooled(float* out, std::int64_t* argmax, const float* x, const float* W, const float* b,
+bool direct_forward_pooled(float* out, std::int32_t* argmax, const float* x, const float* W, const float* b,
                            const ConvGeometry& g, const PoolGeometry& pg) {
 #ifdef FL_AVX512_DISPATCH
     // out, argmax (N, FN, POH, POW); x (N, C, H, W); W (FN, C, FH, FW); b (FN,)
@@ -406,7 +406,7 @@ bool direct_forward_pooled(float* out, std::int64_t* argmax, const float* x, con
                 }
         }
         transpose::to_planar(out + n * FNPP, PP, POW, val, POW * L, L, FN, POH, POW);
-        transpose::to_planar_widened(argmax + n * FNPP, PP, idx, L, FN, PP);
+        transpose::to_planar_int32(argmax + n * FNPP, PP, idx, L, FN, PP);
     }, direct_min_images(g));
     return true;
 #else
@@ -428,7 +428,7 @@ void direct_forward(float* out, const float* x, const float* W, const float* b, 
 }
 
 bool direct_backward_pooled(float* dW, float* db, const float* dout, const float* x, const float* out,
-                            const std::int64_t* argmax, i64 PP, const ConvGeometry& g) {
+                            const std::int32_t* argmax, i64 PP, const ConvGeometry& g) {
 #ifdef FL_AVX512_DISPATCH
     // dW (FN, K) +=, db (FN,) +=; dout, out, argmax (N, FN, PP); x (N, C, H, W)
     const i64 N = g.N, FN = g.FN, P = g.OH * g.OW, CHW = g.C * g.H * g.W;
@@ -458,7 +458,7 @@ bool direct_backward_pooled(float* dW, float* db, const float* dout, const float
             vm::relu_mask(m, out + n * FN * PP, dout + n * FN * PP, FN * PP);
             for (i64 f = 0; f < FN; ++f) {
                 const float* mf = m + f * PP;
-                const std::int64_t* am = argmax + (n * FN + f) * PP;
+                const std::int32_t* am = argmax + (n * FN + f) * PP;
                 db_part[static_cast<size_t>(gi * FN + f)] += vm::sum_lanes(mf, PP);
                 kernel(acc + f * Kp, colT, mf, am, PP);
             }

@@ -63,7 +63,7 @@ void direct_forward_image(float* yn, const float* xn, const DirectFilters& f, bo
 // pixels are four registers and no convolution output is stored. Returns false, with
 // nothing written, where it does not apply.
 bool direct_pools_in_registers(const ConvGeometry& g, const PoolGeometry& pg);
-bool direct_forward_pooled(float* out, std::int64_t* argmax, const float* x, const float* W, const float* b,
+bool direct_forward_pooled(float* out, std::int32_t* argmax, const float* x, const float* W, const float* b,
                            const ConvGeometry& g, const PoolGeometry& pg);
 
 // The fused convolution + ReLU + max pooling backward without dx, where direct_pooled_applies:
@@ -76,7 +76,7 @@ bool direct_forward_pooled(float* out, std::int64_t* argmax, const float* x, con
 // or NaN: the dense sum multiplies the zero gradient of every other pixel by it (0 * inf =
 // NaN), which this one would not, so the caller runs that one. Same bits for any thread count.
 bool direct_backward_pooled(float* dW, float* db, const float* dout, const float* x, const float* out,
-                            const std::int64_t* argmax, i64 PP, const ConvGeometry& g);
+                            const std::int32_t* argmax, i64 PP, const ConvGeometry& g);
 
 // Bytes the direct path asks for (0 when it does not apply), for fastlayers.profile: per
 // thread the padded image, the flat outputs (or, pooling in the registers, the pooled values

@@ -121,7 +121,7 @@ FL_TARGET_AVX512 bool to_channel_last(float* xc, const float* xn, const ConvGeom
 // count. 16 pooled outputs at a time, compressed in registers and stored whole (a compressing
 // store to memory is slow on some CPUs): a store from entry ne reaches at most entry ne + 15,
 // and ne counts at most the outputs read before, so nothing lands past f*PP + q + 16 <= FN*PP.
-FL_TARGET_AVX512 i64 append_entries(float* em, i64* epos, i64* eoff, i64 ne, const float* mf, const std::int64_t* am,
+FL_TARGET_AVX512 i64 append_entries(float* em, i64* epos, i64* eoff, i64 ne, const float* mf, const std::int32_t* am,
                                     i64 PP, const i64* corner) {
     const __m512 zero = _mm512_setzero_ps();
     i64 q = 0;
@@ -129,8 +129,9 @@ FL_TARGET_AVX512 i64 append_entries(float* em, i64* epos, i64* eoff, i64 ne, con
         const __m512 mv = _mm512_loadu_ps(mf + q);
         const __mmask16 keep = _mm512_cmp_ps_mask(mv, zero, _CMP_NEQ_UQ);
         const __mmask8 lo = static_cast<__mmask8>(keep), hi = static_cast<__mmask8>(keep >> 8);
-        const __m512i p0 = _mm512_maskz_compress_epi64(lo, _mm512_loadu_si512(am + q));
-        const __m512i p1 = _mm512_maskz_compress_epi64(hi, _mm512_loadu_si512(am + q + 8));
+        const __m512i a = _mm512_loadu_si512(am + q);  // 16 int32 indices, widened 8 at a time
+        const __m512i p0 = _mm512_maskz_compress_epi64(lo, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)));
+        const __m512i p1 = _mm512_maskz_compress_epi64(hi, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1)));
         const i64 n0 = __builtin_popcount(lo), n1 = __builtin_popcount(hi);
         const __mmask8 g0 = static_cast<__mmask8>((1u << n0) - 1u), g1 = static_cast<__mmask8>((1u << n1) - 1u);
         _mm512_storeu_ps(em + ne, _mm512_maskz_compress_ps(keep, mv));
@@ -227,7 +228,7 @@ bool pooled_backward_applies(const ConvGeometry& g, i64 PP) {
 }
 
 bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const float* x, const float* W,
-                     const float* out, const std::int64_t* argmax, i64 PP, const ConvGeometry& g) {
+                     const float* out, const std::int32_t* argmax, i64 PP, const ConvGeometry& g) {
 #ifdef FL_AVX512_DISPATCH
     // dx (N, C, H, W) or null; dW (FN, C, FH, FW), db (FN,) +=; dout, out, argmax (N, FN, PP);
     // x (N, C, H, W); W (FN, C, FH, FW)
@@ -275,7 +276,7 @@ bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const f
             i64 ne = 0;
             for (i64 f = 0; f < FN; ++f) {
                 const float* mf = m + f * PP;
-                const std::int64_t* am = argmax + (n * FN + f) * PP;
+                const std::int32_t* am = argmax + (n * FN + f) * PP;
                 db_part[static_cast<size_t>(gi * FN + f)] += vm::sum_lanes(mf, PP);
                 start[f] = ne;
                 ne = append_entries(em, epos, eoff, ne, mf, am, PP, L.corner.data());

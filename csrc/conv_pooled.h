@@ -38,7 +38,7 @@ bool pooled_backward_applies(const ConvGeometry& g, i64 PP);
 // by them (0 * inf = NaN), which these do not, so the caller runs those. The same bits for
 // any thread count.
 bool pooled_backward(float* dx, float* dW, float* db, const float* dout, const float* x, const float* W,
-                     const float* out, const std::int64_t* argmax, i64 PP, const ConvGeometry& g);
+                     const float* out, const std::int32_t* argmax, i64 PP, const ConvGeometry& g);
 
 // Bytes pooled_backward asks for (0 when it does not apply), for fastlayers.profile: per
 // thread the channel-last image (and its gradient, with dx), the masked dout and the entries;

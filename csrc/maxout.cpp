@@ -18,7 +18,7 @@ namespace fl {
 // z[n,k,:] = x[n] @ W[k] + b[k];  out[n,m] = max_k z[n,k,m];  argmax[n,m] = the first k that
 // attains it, or the first k whose z is NaN (np.argmax's rule: NaN counts as the maximum).
 template <class T>
-void maxout_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const T* b, i64 N, i64 D, i64 K, i64 M) {
+void maxout_forward(T* out, std::int32_t* argmax, const T* x, const T* W, const T* b, i64 N, i64 D, i64 K, i64 M) {
     if (N == 0 || M == 0) return;
     const i64 KM = checked_workspace_size(K, M, "maxout_forward");
     // With one piece the maximum is the piece: no workspace.
@@ -30,14 +30,14 @@ void maxout_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const 
         for (i64 k = 0; k < K; ++k)
             blas::gemm(false, false, N, M, D, T(1), x, D, W + k * D * M, M, T(1), z + k * M, KM);
     if (K == 1) {
-        std::fill(argmax, argmax + N * M, std::int64_t{0});
+        std::fill(argmax, argmax + N * M, std::int32_t{0});
         return;
     }
     parallel_chunks(N, [&](i64 n0, i64 n1) {
         for (i64 n = n0; n < n1; ++n) {
             const T* zn = z + n * KM;  // (K, M)
             T* o = out + n * M;        // (M,)
-            std::int64_t* a = argmax + n * M;
+            std::int32_t* a = argmax + n * M;
             FL_SIMD
             for (i64 m = 0; m < M; ++m) {
                 o[m] = zn[m];
@@ -52,7 +52,7 @@ void maxout_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const 
                     // non-NaN, so the first NaN stays.
                     const bool take = (v > cur) | ((v != v) & (cur == cur));
                     o[m] = take ? v : cur;
-                    a[m] = take ? k : a[m];
+                    a[m] = take ? static_cast<std::int32_t>(k) : a[m];
                 }
             }
         }
@@ -66,7 +66,7 @@ void maxout_forward(T* out, std::int64_t* argmax, const T* x, const T* W, const 
 //   (3) db[k] += sum over n of g_k[n]     (M,)
 // All g_k live in one masked copy of dout, g (N, K, M), read with leading dimension K*M.
 template <class T>
-void maxout_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const std::int64_t* argmax, i64 N,
+void maxout_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W, const std::int32_t* argmax, i64 N,
                      i64 D, i64 K, i64 M) {
     if (M == 0 || N == 0) {
         if (dx) std::fill(dx, dx + N * D, T(0));
@@ -78,7 +78,7 @@ void maxout_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
     parallel_chunks(N, [&](i64 n0, i64 n1) {
         for (i64 n = n0; n < n1; ++n) {
             const T* d = dout + n * M;
-            const std::int64_t* a = argmax + n * M;
+            const std::int32_t* a = argmax + n * M;
             for (i64 k = 0; k < K; ++k) {
                 T* gk = g + n * KM + k * M;
                 FL_SIMD
@@ -107,13 +107,13 @@ void maxout_backward(T* dx, T* dW, T* db, const T* dout, const T* x, const T* W,
     }, 256);
 }
 
-template void maxout_forward<float>(float*, std::int64_t*, const float*, const float*, const float*, i64, i64, i64,
+template void maxout_forward<float>(float*, std::int32_t*, const float*, const float*, const float*, i64, i64, i64,
                                     i64);
-template void maxout_forward<double>(double*, std::int64_t*, const double*, const double*, const double*, i64, i64, i64,
+template void maxout_forward<double>(double*, std::int32_t*, const double*, const double*, const double*, i64, i64, i64,
                                      i64);
 template void maxout_backward<float>(float*, float*, float*, const float*, const float*, const float*,
-                                     const std::int64_t*, i64, i64, i64, i64);
+                                     const std::int32_t*, i64, i64, i64, i64);
 template void maxout_backward<double>(double*, double*, double*, const double*, const double*, const double*,
-                                      const std::int64_t*, i64, i64, i64, i64);
+                                      const std::int32_t*, i64, i64, i64, i64);
 
 }  // namespace fl

@@ -31,7 +31,7 @@ inline i64 min_planes(i64 per_plane) { return std::max<i64>(1, (i64{1} << 15) / 
 // are scanned: padding is -inf and cannot beat a real element, and a window of all -inf
 // reports its first real element, which is what the scan's starting point already is.
 template <class T>
-void maxpool_plane(T* out, std::int64_t* argmax, const T* x, const PoolGeometry& g) {
+void maxpool_plane(T* out, std::int32_t* argmax, const T* x, const PoolGeometry& g) {
     for (i64 oh = 0; oh < g.OH; ++oh) {
         const i64 hs = oh * g.stride - g.pad;
         const i64 h0 = std::max<i64>(hs, 0), h1 = std::min(hs + g.PH, g.H);
@@ -57,7 +57,7 @@ void maxpool_plane(T* out, std::int64_t* argmax, const T* x, const PoolGeometry&
                 }
             }
             out[o] = best;
-            argmax[o] = bi;
+            argmax[o] = static_cast<std::int32_t>(bi);
         }
     }
 }
@@ -77,12 +77,12 @@ using Code = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
 
 // x (N*C, H, W) -> out, argmax (N*C, OH, OW), planes [p0, p1) only.
 template <class T>
-FL_ALWAYS_INLINE void maxpool_planes_2x2s2(T* __restrict out, std::int64_t* __restrict argmax, const T* __restrict x,
+FL_ALWAYS_INLINE void maxpool_planes_2x2s2(T* __restrict out, std::int32_t* __restrict argmax, const T* __restrict x,
                                            i64 H, i64 W, i64 OH, i64 OW, i64 p0, i64 p1) {
     constexpr i64 kTile = 64;
     alignas(64) T a[kTile], b[kTile], c[kTile], d[kTile], best[kTile];
     alignas(64) Code<T> code[kTile];
-    std::int64_t base[kTile];  // in-plane flat index of each window's top-left element
+    std::int32_t base[kTile];  // in-plane flat index of each window's top-left element
     const i64 total = (p1 - p0) * OH * OW;
     out += p0 * OH * OW;
     argmax += p0 * OH * OW;
@@ -92,7 +92,7 @@ FL_ALWAYS_INLINE void maxpool_planes_2x2s2(T* __restrict out, std::int64_t* __re
         const i64 n = std::min(kTile, total - o0);
         for (i64 j = 0; j < n; ++j) {
             const i64 top = 2 * oh * W + 2 * ow;
-            base[j] = top;
+            base[j] = static_cast<std::int32_t>(top);
             a[j] = xp[top];
             b[j] = xp[top + 1];
             c[j] = xp[top + W];
@@ -124,13 +124,13 @@ FL_ALWAYS_INLINE void maxpool_planes_2x2s2(T* __restrict out, std::int64_t* __re
         }
         for (i64 j = 0; j < n; ++j) {
             out[o0 + j] = best[j];
-            argmax[o0 + j] = base[j] + (code[j] >= 2 ? W : 0) + (code[j] & 1);
+            argmax[o0 + j] = base[j] + static_cast<std::int32_t>((code[j] >= 2 ? W : 0) + (code[j] & 1));
         }
     }
 }
 
 template <class T>
-void maxpool_2x2s2_default(T* out, std::int64_t* argmax, const T* x, i64 H, i64 W, i64 OH, i64 OW, i64 p0, i64 p1) {
+void maxpool_2x2s2_default(T* out, std::int32_t* argmax, const T* x, i64 H, i64 W, i64 OH, i64 OW, i64 p0, i64 p1) {
     maxpool_planes_2x2s2(out, argmax, x, H, W, OH, OW, p0, p1);
 }
 
@@ -142,21 +142,20 @@ void maxpool_2x2s2_default(T* out, std::int64_t* argmax, const T* x, i64 H, i64 
 // The candidates a, b (top row) and c, d (bottom row) are de-interleaved from pairs with
 // one permute each; the selection is replaces() on whole vectors (vm::replaces_mask).
 
-// Flat argmax of 8 windows: top-left index tl plus W for the bottom row (k >= 2) and 1 for
+// Flat argmax of 16 windows: top-left index tl plus W for the bottom row (k >= 2) and 1 for
 // the right column (k odd).
 FL_TARGET_AVX512 inline __m512i argmax_from_code(__m512i tl, __m512i k, __m512i W) {
-    const __m512i one = _mm512_set1_epi64(1);
-    __m512i idx = _mm512_add_epi64(tl, _mm512_and_si512(k, one));
-    return _mm512_mask_add_epi64(idx, _mm512_cmpge_epi64_mask(k, _mm512_set1_epi64(2)), idx, W);
+    const __m512i one = _mm512_set1_epi32(1);
+    __m512i idx = _mm512_add_epi32(tl, _mm512_and_si512(k, one));
+    return _mm512_mask_add_epi32(idx, _mm512_cmpge_epi32_mask(k, _mm512_set1_epi32(2)), idx, W);
 }
 
 // x rows r0, r1 (W,) -> out, argmax (OW,); top = in-plane flat index of r0[0].
-FL_TARGET_AVX512 void maxpool_row_2x2s2(float* out, std::int64_t* argmax, const float* r0, const float* r1, i64 W,
+FL_TARGET_AVX512 void maxpool_row_2x2s2(float* out, std::int32_t* argmax, const float* r0, const float* r1, i64 W,
                                         i64 top, i64 OW) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    const __m512i step = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-    const __m512i Wv = _mm512_set1_epi64(W);
+    const __m512i Wv = _mm512_set1_epi32(static_cast<std::int32_t>(W));
     for (i64 ow = 0; ow < OW; ow += 16) {
         const i64 n = std::min<i64>(16, OW - ow);
         // 2n input columns: the first min(2n, 16) from the low load, the rest from the high.
@@ -168,30 +167,25 @@ FL_TARGET_AVX512 void maxpool_row_2x2s2(float* out, std::int64_t* argmax, const 
         const __m512 b = _mm512_permutex2var_ps(t0, odd, t1);
         const __m512 c = _mm512_permutex2var_ps(u0, even, u1), d = _mm512_permutex2var_ps(u0, odd, u1);
         __m512 best = _mm512_permutex2var_ps(t0, even, t1);
-        // Codes as int64 from the start (lanes 0-7 and 8-15), for the int64 argmax.
-        __m512i k0 = _mm512_setzero_si512(), k1 = _mm512_setzero_si512();
+        __m512i k = _mm512_setzero_si512();
         const __m512 cand[3] = {b, c, d};
         for (int j = 0; j < 3; ++j) {
             const __mmask16 m = vm::replaces_mask(cand[j], best);
             best = _mm512_mask_mov_ps(best, m, cand[j]);
-            const __m512i code = _mm512_set1_epi64(j + 1);
-            k0 = _mm512_mask_mov_epi64(k0, static_cast<__mmask8>(m), code);
-            k1 = _mm512_mask_mov_epi64(k1, static_cast<__mmask8>(m >> 8), code);
+            k = _mm512_mask_mov_epi32(k, m, _mm512_set1_epi32(j + 1));
         }
         _mm512_mask_storeu_ps(out + ow, om, best);
-        const __m512i tl = _mm512_add_epi64(_mm512_set1_epi64(top + 2 * ow), step);
-        _mm512_mask_storeu_epi64(argmax + ow, static_cast<__mmask8>(om), argmax_from_code(tl, k0, Wv));
-        _mm512_mask_storeu_epi64(argmax + ow + 8, static_cast<__mmask8>(om >> 8),
-                                 argmax_from_code(_mm512_add_epi64(tl, _mm512_set1_epi64(16)), k1, Wv));
+        const __m512i tl = _mm512_add_epi32(_mm512_set1_epi32(static_cast<std::int32_t>(top + 2 * ow)), even);
+        _mm512_mask_storeu_epi32(argmax + ow, om, argmax_from_code(tl, k, Wv));
     }
 }
 
-FL_TARGET_AVX512 void maxpool_row_2x2s2(double* out, std::int64_t* argmax, const double* r0, const double* r1, i64 W,
+FL_TARGET_AVX512 void maxpool_row_2x2s2(double* out, std::int32_t* argmax, const double* r0, const double* r1, i64 W,
                                         i64 top, i64 OW) {
     const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
     const __m512i odd = _mm512_add_epi64(even, _mm512_set1_epi64(1));
-    const __m512i step = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-    const __m512i Wv = _mm512_set1_epi64(W);
+    const __m512i even32 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i Wv = _mm512_set1_epi32(static_cast<std::int32_t>(W));
     for (i64 ow = 0; ow < OW; ow += 8) {
         const i64 n = std::min<i64>(8, OW - ow);
         const __mmask8 lo = static_cast<__mmask8>(n >= 4 ? 0xFFu : (1u << (2 * n)) - 1);
@@ -202,16 +196,16 @@ FL_TARGET_AVX512 void maxpool_row_2x2s2(double* out, std::int64_t* argmax, const
         const __m512d b = _mm512_permutex2var_pd(t0, odd, t1);
         const __m512d c = _mm512_permutex2var_pd(u0, even, u1), d = _mm512_permutex2var_pd(u0, odd, u1);
         __m512d best = _mm512_permutex2var_pd(t0, even, t1);
-        __m512i k = _mm512_setzero_si512();
+        __m512i k = _mm512_setzero_si512();  // the codes in the low 8 int32 lanes
         const __m512d cand[3] = {b, c, d};
         for (int j = 0; j < 3; ++j) {
             const __mmask8 m = vm::replaces_mask(cand[j], best);
             best = _mm512_mask_mov_pd(best, m, cand[j]);
-            k = _mm512_mask_mov_epi64(k, m, _mm512_set1_epi64(j + 1));
+            k = _mm512_mask_mov_epi32(k, m, _mm512_set1_epi32(j + 1));
         }
         _mm512_mask_storeu_pd(out + ow, om, best);
-        const __m512i tl = _mm512_add_epi64(_mm512_set1_epi64(top + 2 * ow), step);
-        _mm512_mask_storeu_epi64(argmax + ow, om, argmax_from_code(tl, k, Wv));
+        const __m512i tl = _mm512_add_epi32(_mm512_set1_epi32(static_cast<std::int32_t>(top + 2 * ow)), even32);
+        _mm512_mask_storeu_epi32(argmax + ow, om, argmax_from_code(tl, k, Wv));
     }
 }
 
@@ -219,12 +213,15 @@ FL_TARGET_AVX512 void maxpool_row_2x2s2(double* out, std::int64_t* argmax, const
 // 16 float lanes idle: there the low 8 lanes take output row oh and the high 8 lanes row
 // oh + 1. The same permutes apply, with the second load starting on the next pair of input
 // rows instead of continuing the first. Planes x (H,W) -> out, argmax (OH,OW); OW <= 8.
-FL_TARGET_AVX512 void maxpool_plane_2x2s2_narrow(float* out, std::int64_t* argmax, const float* x, i64 W, i64 OH,
+FL_TARGET_AVX512 void maxpool_plane_2x2s2_narrow(float* out, std::int32_t* argmax, const float* x, i64 W, i64 OH,
                                                  i64 OW) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    const __m512i step = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-    const __m512i Wv = _mm512_set1_epi64(W);
+    // Top-left column of each lane's window, and 2W more in the high lanes (row oh + 1).
+    const std::int32_t W2 = static_cast<std::int32_t>(2 * W);
+    const __m512i step = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, W2, W2 + 2, W2 + 4, W2 + 6, W2 + 8, W2 + 10,
+                                           W2 + 12, W2 + 14);
+    const __m512i Wv = _mm512_set1_epi32(static_cast<std::int32_t>(W));
     const __mmask16 in = static_cast<__mmask16>((1u << (2 * OW)) - 1);  // 2*OW <= 16 columns
     const __mmask8 om = static_cast<__mmask8>((1u << OW) - 1);
     for (i64 oh = 0; oh < OH; oh += 2) {
@@ -237,34 +234,32 @@ FL_TARGET_AVX512 void maxpool_plane_2x2s2_narrow(float* out, std::int64_t* argma
         const __m512 b = _mm512_permutex2var_ps(t0, odd, t1);
         const __m512 c = _mm512_permutex2var_ps(u0, even, u1), d = _mm512_permutex2var_ps(u0, odd, u1);
         __m512 best = _mm512_permutex2var_ps(t0, even, t1);
-        __m512i k0 = _mm512_setzero_si512(), k1 = _mm512_setzero_si512();
+        __m512i k = _mm512_setzero_si512();
         const __m512 cand[3] = {b, c, d};
         for (int j = 0; j < 3; ++j) {
             const __mmask16 m = vm::replaces_mask(cand[j], best);
             best = _mm512_mask_mov_ps(best, m, cand[j]);
-            const __m512i code = _mm512_set1_epi64(j + 1);
-            k0 = _mm512_mask_mov_epi64(k0, static_cast<__mmask8>(m), code);
-            k1 = _mm512_mask_mov_epi64(k1, static_cast<__mmask8>(m >> 8), code);
+            k = _mm512_mask_mov_epi32(k, m, _mm512_set1_epi32(j + 1));
         }
         const i64 top = 2 * oh * W;
+        const __m512i idx =
+            argmax_from_code(_mm512_add_epi32(_mm512_set1_epi32(static_cast<std::int32_t>(top)), step), k, Wv);
         _mm512_mask_storeu_ps(out + oh * OW, om, best);
-        _mm512_mask_storeu_epi64(argmax + oh * OW, om,
-                                 argmax_from_code(_mm512_add_epi64(_mm512_set1_epi64(top), step), k0, Wv));
+        _mm256_mask_storeu_epi32(argmax + oh * OW, om, _mm512_castsi512_si256(idx));
         if (second) {
             _mm256_mask_storeu_ps(out + (oh + 1) * OW, om, _mm512_maskz_extractf32x8_ps(0xFF, best, 1));
-            _mm512_mask_storeu_epi64(argmax + (oh + 1) * OW, om,
-                                     argmax_from_code(_mm512_add_epi64(_mm512_set1_epi64(top + 2 * W), step), k1, Wv));
+            _mm256_mask_storeu_epi32(argmax + (oh + 1) * OW, om, _mm512_extracti64x4_epi64(idx, 1));
         }
     }
 }
 
 template <class T>
-FL_TARGET_AVX512 void maxpool_2x2s2_avx512(T* out, std::int64_t* argmax, const T* x, i64 H, i64 W, i64 OH, i64 OW,
+FL_TARGET_AVX512 void maxpool_2x2s2_avx512(T* out, std::int32_t* argmax, const T* x, i64 H, i64 W, i64 OH, i64 OW,
                                            i64 p0, i64 p1) {
     for (i64 p = p0; p < p1; ++p) {
         const T* xp = x + p * H * W;                  // (H,W)
         T* o = out + p * OH * OW;                     // (OH,OW)
-        std::int64_t* am = argmax + p * OH * OW;      // (OH,OW)
+        std::int32_t* am = argmax + p * OH * OW;      // (OH,OW)
         if constexpr (std::is_same_v<T, float>) {
             if (OW <= 8) {
                 maxpool_plane_2x2s2_narrow(o, am, xp, W, OH, OW);
@@ -292,7 +287,7 @@ auto maxpool_2x2s2_fn() {
 // Each (n, c) plane is independent and written by exactly one thread (max pooling is pure
 // selection, so the partition could not change the bits anyway).
 template <class T>
-void maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, const PoolGeometry& g) {
+void maxpool2d_forward(T* out, std::int32_t* argmax, const T* x, const PoolGeometry& g) {
     const i64 in_plane = g.H * g.W, out_plane = g.OH * g.OW;
     const i64 min_per_thread = min_planes(in_plane + out_plane);
     if (g.PH == 2 && g.PW == 2 && g.stride == 2 && g.pad == 0) {
@@ -307,32 +302,31 @@ void maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, const PoolGeome
 }
 
 #ifdef FL_AVX512_DISPATCH
-// The whole 8-element steps of [i0, i1) folded into lo and hi with 64-bit vector min and max
-// (a baseline build has no 64-bit compare: a scalar cmov chain, ~16% of simple_cnn's fused
-// convolution backward). Returns where the scalar loop takes over.
-FL_TARGET_AVX512 i64 argmax_range_avx512(const std::int64_t* argmax, i64 i0, i64 i1, std::int64_t& lo,
-                                         std::int64_t& hi) {
-    __m512i l = _mm512_set1_epi64(lo), h = _mm512_set1_epi64(hi);
+// The whole 16-element steps of [i0, i1) folded into lo and hi with vector min and max.
+// Returns where the scalar loop takes over.
+FL_TARGET_AVX512 i64 argmax_range_avx512(const std::int32_t* argmax, i64 i0, i64 i1, std::int32_t& lo,
+                                         std::int32_t& hi) {
+    __m512i l = _mm512_set1_epi32(lo), h = _mm512_set1_epi32(hi);
     i64 i = i0;
-    for (; i + 8 <= i1; i += 8) {
+    for (; i + 16 <= i1; i += 16) {
         const __m512i v = _mm512_loadu_si512(argmax + i);
-        l = _mm512_min_epi64(l, v);
-        h = _mm512_max_epi64(h, v);
+        l = _mm512_min_epi32(l, v);
+        h = _mm512_max_epi32(h, v);
     }
-    lo = _mm512_reduce_min_epi64(l);
-    hi = _mm512_reduce_max_epi64(h);
+    lo = _mm512_reduce_min_epi32(l);
+    hi = _mm512_reduce_max_epi32(h);
     return i;
 }
 #endif
 
-void maxpool2d_argmax_range(const std::int64_t* argmax, i64 n, std::int64_t* lo, std::int64_t* hi) {
-    std::int64_t l = 0, h = 0;
+void maxpool2d_argmax_range(const std::int32_t* argmax, i64 n, std::int32_t* lo, std::int32_t* hi) {
+    std::int32_t l = 0, h = 0;
     if (n > 0) {
         l = h = argmax[0];
         std::mutex merge;
         // min and max are exact and order-free, so chunking cannot change the answer.
         parallel_chunks(n, [&](i64 i0, i64 i1) {
-            std::int64_t cl = argmax[i0], ch = argmax[i0];
+            std::int32_t cl = argmax[i0], ch = argmax[i0];
 #ifdef FL_AVX512_DISPATCH
             if (cpu_has_avx512()) i0 = argmax_range_avx512(argmax, i0, i1, cl, ch);
 #endif
@@ -355,21 +349,21 @@ void maxpool2d_argmax_range(const std::int64_t* argmax, i64 n, std::int64_t* lo,
 // One thread owns a whole plane and adds in output order, so overlapping windows give the
 // same bits for any thread count.
 template <class T>
-void maxpool2d_backward(T* dx, const T* dout, const std::int64_t* argmax, i64 N, i64 C, i64 H, i64 W,
+void maxpool2d_backward(T* dx, const T* dout, const std::int32_t* argmax, i64 N, i64 C, i64 H, i64 W,
                         i64 OH, i64 OW) {
     const i64 in_plane = H * W, out_plane = OH * OW;
     parallel_for(N * C, [&](i64 p) {
         T* d = dx + p * in_plane;                            // (H,W)
         const T* g = dout + p * out_plane;                   // (OH,OW)
-        const std::int64_t* am = argmax + p * out_plane;     // (OH,OW)
+        const std::int32_t* am = argmax + p * out_plane;     // (OH,OW)
         std::fill(d, d + in_plane, T(0));
         for (i64 o = 0; o < out_plane; ++o) d[am[o]] += g[o];
     }, min_planes(in_plane + out_plane));
 }
 
-template void maxpool2d_forward<float>(float*, std::int64_t*, const float*, const PoolGeometry&);
-template void maxpool2d_forward<double>(double*, std::int64_t*, const double*, const PoolGeometry&);
-template void maxpool2d_backward<float>(float*, const float*, const std::int64_t*, i64, i64, i64, i64, i64, i64);
-template void maxpool2d_backward<double>(double*, const double*, const std::int64_t*, i64, i64, i64, i64, i64, i64);
+template void maxpool2d_forward<float>(float*, std::int32_t*, const float*, const PoolGeometry&);
+template void maxpool2d_forward<double>(double*, std::int32_t*, const double*, const PoolGeometry&);
+template void maxpool2d_backward<float>(float*, const float*, const std::int32_t*, i64, i64, i64, i64, i64, i64);
+template void maxpool2d_backward<double>(double*, const double*, const std::int32_t*, i64, i64, i64, i64, i64, i64);
 
 }  // namespace fl

@@ -19,16 +19,18 @@ struct PoolGeometry {
 
 // ---- maxpool2d.cpp
 // out (N,C,OH,OW) = window maxima; argmax (N,C,OH,OW) = flat h*W + w of the element chosen
-// (the first NaN of the window in row-major order if any, else its first maximum).
+// (the first NaN of the window in row-major order if any, else its first maximum). int32,
+// half the bytes of int64 written here and read by the backward; the binding refuses planes
+// of more than 2**31 pixels.
 template <class T>
-void maxpool2d_forward(T* out, std::int64_t* argmax, const T* x, const PoolGeometry& g);
+void maxpool2d_forward(T* out, std::int32_t* argmax, const T* x, const PoolGeometry& g);
 // Smallest and largest entry of argmax (n entries); lo = hi = 0 when n == 0. The binding
 // rejects indices outside [0, H*W) before maxpool2d_backward runs.
-void maxpool2d_argmax_range(const std::int64_t* argmax, i64 n, std::int64_t* lo, std::int64_t* hi);
+void maxpool2d_argmax_range(const std::int32_t* argmax, i64 n, std::int32_t* lo, std::int32_t* hi);
 // dx (N,C,H,W) = 0, then dout (N,C,OH,OW) added at argmax, plane by plane, in output order.
 // Requires every argmax entry in [0, H*W).
 template <class T>
-void maxpool2d_backward(T* dx, const T* dout, const std::int64_t* argmax, i64 N, i64 C, i64 H, i64 W,
+void maxpool2d_backward(T* dx, const T* dout, const std::int32_t* argmax, i64 N, i64 C, i64 H, i64 W,
                         i64 OH, i64 OW);
 
 // ---- avgpool2d.cpp

@@ -82,12 +82,11 @@ inline void for_each_block(i64 C, i64 H, i64 W, Block block) {
             for (i64 w0 = 0; w0 < W; w0 += 16) block(h, c0, w0, std::min<i64>(16, C - c0), std::min<i64>(16, W - w0));
 }
 
-// pl (C, n) int64, planes pl_plane apart = cl (n, cl_pix) int32 transposed: n pixels of C
-// channels, channel-last, to planar, widened as they are stored (the pooled kernels' argmax,
-// computed in int32 lanes). 16 pixels by 16 channels through the registers, the bits moved as
-// floats.
-FL_TARGET_AVX512 inline void to_planar_widened(std::int64_t* pl, i64 pl_plane, const std::int32_t* cl, i64 cl_pix,
-                                               i64 C, i64 n) {
+// pl (C, n) int32, planes pl_plane apart = cl (n, cl_pix) int32 transposed: n pixels of C
+// channels, channel-last, to planar (the pooled kernels' argmax). 16 pixels by 16 channels
+// through the registers, the bits moved as floats.
+FL_TARGET_AVX512 inline void to_planar_int32(std::int32_t* pl, i64 pl_plane, const std::int32_t* cl, i64 cl_pix,
+                                             i64 C, i64 n) {
     for (i64 q0 = 0; q0 < n; q0 += 16)
         for (i64 c0 = 0; c0 < C; c0 += 16) {
             const i64 nq = std::min<i64>(16, n - q0), nc = std::min<i64>(16, C - c0);
@@ -98,13 +97,8 @@ FL_TARGET_AVX512 inline void to_planar_widened(std::int64_t* pl, i64 pl_plane, c
                               : _mm512_setzero_ps();
             transpose16(r);
             const __mmask16 m = first_lanes(nq);
-            for (i64 j = 0; j < nc; ++j) {
-                const __m512i v = _mm512_castps_si512(r[j]);
-                std::int64_t* d = pl + (c0 + j) * pl_plane + q0;
-                _mm512_mask_storeu_epi64(d, static_cast<__mmask8>(m), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
-                _mm512_mask_storeu_epi64(d + 8, static_cast<__mmask8>(m >> 8),
-                                         _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
-            }
+            for (i64 j = 0; j < nc; ++j)
+                _mm512_mask_storeu_epi32(pl + (c0 + j) * pl_plane + q0, m, _mm512_castps_si512(r[j]));
         }
 }
 

@@ -288,7 +288,7 @@ FL_TARGET_AVX512 bool bias_channel_last(float* yh, i64 row, const float* b, i64 
 // vectors of 16 channels, pooled with the ReLU by vm::relu_max2x2 (the bits of relu then
 // maxpool2d_forward), into val and idx (PP, Cout), which are transposed to outn and amn
 // (Cout, PP). Returns whether every biased output was finite.
-FL_TARGET_AVX512 bool pool_channel_last(float* outn, std::int64_t* amn, float* yh, i64 row, const float* b, i64 Cout,
+FL_TARGET_AVX512 bool pool_channel_last(float* outn, std::int32_t* amn, float* yh, i64 row, const float* b, i64 Cout,
                                         i64 OH, i64 OW, const PoolGeometry& pool, float* val, std::int32_t* idx) {
     const i64 CV = Cout / 16, POH = pool.OH, POW = pool.OW, PP = POH * POW;
     const bool finite = bias_channel_last(yh, row, b, Cout, OH, OW, false);
@@ -308,7 +308,7 @@ FL_TARGET_AVX512 bool pool_channel_last(float* outn, std::int64_t* amn, float* y
             }
         }
     transpose::to_planar(outn, PP, POW, val, POW * Cout, Cout, Cout, POH, POW);
-    transpose::to_planar_widened(amn, PP, idx, Cout, Cout, PP);
+    transpose::to_planar_int32(amn, PP, idx, Cout, Cout, PP);
     return finite;
 }
 #endif
@@ -407,7 +407,7 @@ i64 winograd_scratch_bytes(const ConvGeometry& g, bool dx, int fused, i64 thread
 }
 
 bool winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
-                   i64 H, i64 W, i64 Cout, i64 pad, const PoolGeometry* pool, std::int64_t* argmax) {
+                   i64 H, i64 W, i64 Cout, i64 pad, const PoolGeometry* pool, std::int32_t* argmax) {
     // out (N, Cout, OH, OW), or pooled (N, Cout, POH, POW) with argmax alike; x (N, Cin, H, W);
     // U (36, Cin, Cout); b (Cout,) or null
     if (N == 0 || Cout == 0) return true;

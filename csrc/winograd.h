@@ -38,7 +38,7 @@ const float* winograd_filters(const float* W, i64 FN, i64 C, bool for_dx);
 // ReLU was finite.
 bool winograd_conv(float* out, const float* x, const float* U, const float* b, bool relu, i64 N, i64 Cin,
                    i64 H, i64 W, i64 Cout, i64 pad, const PoolGeometry* pool = nullptr,
-                   std::int64_t* argmax = nullptr);
+                   std::int32_t* argmax = nullptr);
 
 // dWc (FN, C, 3, 3) = sum over n, oh, ow of g[n, f, oh, ow] * xpad[n, c, oh + i, ow + j]
 // (overwritten); g (N, FN, OH, OW) is the gradient of the convolution's output, x (N, C, H, W)

@@ -33,8 +33,8 @@ OPT = "opt"  # float gradient output that may be None (the gradient is then skip
 INOUT = "inout"  # float array the kernel updates in place by contract (parameters, state, running_*)
 IN = "in"  # float input
 GATE = "gate"  # float input read for its sign only (the output of a fused ReLU forward)
-IDX_OUT = "idx_out"  # int64 output (argmax)
-IDX_IN = "idx_in"  # int64 input holding indices that must lie in range
+IDX_OUT = "idx_out"  # integer output: an argmax (int32) or counts (int64)
+IDX_IN = "idx_in"  # integer input holding indices that must lie in range: an argmax (int32)
 LABELS = "labels"  # int64 class labels, or (N, K) targets of the scores' dtype
 MASK_OUT = "mask_out"  # uint8 output (dropout mask)
 MASK_IN = "mask_in"  # uint8 input
@@ -348,6 +348,12 @@ def shape_of(arg: Arg, ns: dict) -> tuple:
     return tuple(max(0, int(eval(e, {"max": max}, dict(ns)))) for e in arg.shape.split(","))  # noqa: S307
 
 
+def index_dtype(arg: Arg) -> np.dtype:
+    """The integer dtype of an IDX_IN, IDX_OUT or LABELS argument: argmax arrays are int32
+    (half the bytes a pooling layer writes and reads back), counts and labels int64."""
+    return np.dtype(np.int32 if arg.name == "argmax" else np.int64)
+
+
 def value_for(arg: Arg, ns: dict, dtype, rng) -> object:
     """A valid value of ``arg`` in a call of dtype ``dtype``."""
     if not arg.is_array:
@@ -355,9 +361,9 @@ def value_for(arg: Arg, ns: dict, dtype, rng) -> object:
     shape = shape_of(arg, ns)
     if arg.role in (IDX_IN, LABELS):
         hi = int(eval(arg.fill.split(":", 1)[1], {}, dict(ns)))  # noqa: S307
-        return rng.integers(0, max(hi, 1), size=shape).astype(np.int64)
+        return rng.integers(0, max(hi, 1), size=shape).astype(index_dtype(arg))
     if arg.role == IDX_OUT:
-        return np.full(shape, -7, np.int64)
+        return np.full(shape, -7, index_dtype(arg))
     if arg.role in (MASK_IN, MASK_OUT):
         return rng.integers(0, 2, size=shape).astype(np.uint8)
     if arg.fill == "positive":

@@ -26,7 +26,8 @@ from fastlayers.backend import _native
 
 from .kernel_table import (
     AXIS, BOUND, FINITE, FRACTION, GATE, IDX_IN, IDX_OUT, IMPLS, IN, INOUT, LABELS, NONNEG_INT, OPT, POS_INT,
-    POSITIVE, RATE, REAL, SEED, SPECS, UNIT, WRITTEN_ROLES, Spec, assert_same_results, assert_unchanged, build, run,
+    POSITIVE, RATE, REAL, SEED, SPECS, UNIT, WRITTEN_ROLES, Spec, assert_same_results, assert_unchanged, build, index_dtype,
+    run,
     snapshot,
 )
 
@@ -237,9 +238,12 @@ def _array_cases(spec: Spec, a, value, dtype) -> list[Case]:
             raises(f"mixed dtype {other}", lambda v, o=other: v.astype(o), TypeError,
                    [q(n), str(dtype), str(other), q(spec.like)])
     elif a.role in (IDX_IN, IDX_OUT, LABELS):
-        raises("dtype float32", lambda v: v.astype(np.float32), TypeError, [q(n), "int64", "float32"])
-        raises("dtype int32", lambda v: v.astype(np.int32), TypeError, [q(n), "int64", "int32"])
-        raises("dtype >i8", big_endian, TypeError, [q(n), "int64", ">i8"])
+        want = index_dtype(a)
+        other = np.dtype(np.int64 if want == np.int32 else np.int32)
+        raises("dtype float32", lambda v: v.astype(np.float32), TypeError, [q(n), str(want), "float32"])
+        raises(f"dtype {other}", lambda v: v.astype(other), TypeError, [q(n), str(want), str(other)])
+        be = want.newbyteorder(">")
+        raises(f"dtype {be.str}", big_endian, TypeError, [q(n), str(want), be.str])
     else:  # uint8 masks
         raises("dtype bool", lambda v: v.astype(bool), TypeError, [q(n), "uint8", "bool"])
         raises("dtype int64", lambda v: v.astype(np.int64), TypeError, [q(n), "uint8", "int64"])
@@ -372,7 +376,8 @@ def _value_cases(spec: Spec, args: dict, dtype) -> list[Case]:
     for a in spec.arrays:
         if a.role in (IDX_IN, LABELS):
             hi = a.fill.split(":", 1)[1]
-            for what, v in (("negative", -1), ("one past the end", None), ("far past the end", 2**62)):
+            far = int(np.iinfo(index_dtype(a)).max)  # the largest value the array can hold
+            for what, v in (("negative", -1), ("one past the end", None), ("far past the end", far)):
                 def plant(spec, args, n=a.name, v=v):
                     t = args[n].copy()
                     t.reshape(-1)[-1] = v if v is not None else _upper(spec, args, n)
@@ -581,7 +586,7 @@ def test_max_pooling_keeps_nan_forward_and_backward(dtype):
 
 def _pool_nan(impl_name, impl, x, dtype):
     with np.errstate(invalid="ignore"):  # the oracle's products with NaN
-        out, argmax = np.empty((1, 2, 2, 2), dtype), np.empty((1, 2, 2, 2), np.int64)
+        out, argmax = np.empty((1, 2, 2, 2), dtype), np.empty((1, 2, 2, 2), np.int32)
         impl.maxpool2d_forward(out, argmax, x, 2, 2, 2, 0)
         assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1 * 4 + 1, impl_name
         assert out[0, 1, 1, 1] == -np.inf and argmax[0, 1, 1, 1] == 2 * 4 + 2, impl_name
@@ -594,7 +599,7 @@ def _pool_nan(impl_name, impl, x, dtype):
         # The fused convolution + ReLU + pooling keeps a NaN that the convolution produces.
         W = np.ones((1, 2, 1, 1), dtype)
         b = np.zeros(1, dtype)
-        fo, fa = np.empty((1, 1, 2, 2), dtype), np.empty((1, 1, 2, 2), np.int64)
+        fo, fa = np.empty((1, 1, 2, 2), dtype), np.empty((1, 1, 2, 2), np.int32)
         impl.conv2d_relu_maxpool2d_forward(fo, fa, x, W, b, 1, 0, 2, 2, 2, 0)
         assert np.isnan(fo[0, 0, 0, 0]) and fa[0, 0, 0, 0] == 1 * 4 + 1, impl_name
         dW, db = np.zeros_like(W), np.zeros_like(b)
@@ -631,33 +636,36 @@ def _ones(*shape):
     return np.ones(shape, np.float32)
 
 
-def _conv_pool_forward(pad, pool_stride):
-    return (_ones(1, 1, 1, 1), np.zeros((1, 1, 1, 1), np.int64), _ones(1, 1, 1, 1), _ones(1, 1, 1, 1), _ones(1),
+def _conv_pool_forward(pad, pool_stride, FN=1):
+    return (_ones(1, FN, 1, 1), np.zeros((1, FN, 1, 1), np.int32), _ones(1, 1, 1, 1), _ones(FN, 1, 1, 1), _ones(FN),
             1, pad, 1, 1, pool_stride, 0)
 
 
 def _conv_pool_backward(pad):
     return (_ones(1, 1, 1, 1), _ones(1, 1, 1, 1), _ones(1), _ones(1, 1, 1, 1), _ones(1, 1, 1, 1), _ones(1, 1, 1, 1),
-            _ones(1, 1, 1, 1), np.zeros((1, 1, 1, 1), np.int64), 1, pad)
+            _ones(1, 1, 1, 1), np.zeros((1, 1, 1, 1), np.int32), 1, pad)
 
 
 def _maxout(n):
     # x (n, 1) and W (n, 1, 1): 8 MiB each for n = 2**21, but every piece of every sample is
     # n * n values (16 TiB).
-    return (_ones(n, 1), np.zeros((n, 1), np.int64), _ones(n, 1), _ones(n, 1, 1), _ones(n, 1))
+    return (_ones(n, 1), np.zeros((n, 1), np.int32), _ones(n, 1), _ones(n, 1, 1), _ones(n, 1))
 
 
 def _maxout_backward(n):
-    return (None, _ones(n, 1, 1), _ones(n, 1), _ones(n, 1), _ones(n, 1), _ones(n, 1, 1), np.zeros((n, 1), np.int64))
+    return (None, _ones(n, 1, 1), _ones(n, 1), _ones(n, 1), _ones(n, 1), _ones(n, 1, 1), np.zeros((n, 1), np.int32))
 
 
 HUGE = [
     # A pooling stride far beyond the window: one pooled pixel over a convolution output of
     # (2**21 + 1)**2 values (16 TiB), or of ~2**64 values.
-    ("conv2d_relu_maxpool2d_forward", lambda: _conv_pool_forward(2**20, 2**22), MemoryError,
+    # 64 filters over a 46,001 x 46,001 plane (541 GB), whose indices still fit int32.
+    ("conv2d_relu_maxpool2d_forward", lambda: _conv_pool_forward(23000, 2**22, FN=64), MemoryError,
      ["convolution output", "memory"]),
-    ("conv2d_relu_maxpool2d_forward", lambda: _conv_pool_forward(2**31, 2**33), OverflowError,
-     ["convolution output", "64-bit"]),
+    # Planes of more pixels than an int32 argmax can index: refused before anything else.
+    ("conv2d_relu_maxpool2d_forward", lambda: _conv_pool_forward(2**20, 2**22), ValueError,
+     ["argmax", "int32", str((2**21 + 1) ** 2)]),
+    ("conv2d_relu_maxpool2d_forward", lambda: _conv_pool_forward(2**31, 2**33), ValueError, ["argmax", "int32"]),
     ("conv2d_relu_maxpool2d_backward", lambda: _conv_pool_backward(2**20), MemoryError,
      ["convolution gradient", "memory"]),
     ("conv2d_relu_maxpool2d_backward", lambda: _conv_pool_backward(2**31), OverflowError,
@@ -690,21 +698,45 @@ def test_huge_sizes_are_refused_before_allocating(kernel, make, exc, words):
         assert not missing, (impl_name, missing, message)
 
 
-@pytest.mark.parametrize("kernel", ["maxpool2d_forward", "avgpool2d_forward", "conv2d_forward", "im2col"])
+@pytest.mark.parametrize("kernel", ["avgpool2d_forward", "conv2d_forward", "im2col"])
 def test_empty_batch_over_huge_planes_computes_nothing(kernel):
     """An empty batch of 2**30 x 2**30 planes (no bytes at all): the kernels have nothing to
     compute, and the oracle builds none of its exabyte-sized temporaries."""
     x = np.empty((0, 1, 2**30, 2**30), np.float32)
     for impl_name, impl in IMPLS.items():
-        if kernel == "maxpool2d_forward":
-            args = (np.empty((0, 1, 2**29, 2**29), np.float32), np.empty((0, 1, 2**29, 2**29), np.int64), x, 2, 2, 2, 0)
-        elif kernel == "avgpool2d_forward":
+        if kernel == "avgpool2d_forward":
             args = (np.empty((0, 1, 2**29, 2**29), np.float32), x, 2, 2, 2, 0)
         elif kernel == "conv2d_forward":
             args = (np.empty((0, 1, 2**30, 2**30), np.float32), x, _ones(1, 1, 1, 1), _ones(1), 1, 0)
         else:
             args = (np.empty((0, 1), np.float32), x, 1, 1, 1, 0)
         getattr(impl, kernel)(*args)  # nothing to check but that it returns
+
+
+ARGMAX_BEYOND_INT32 = [
+    # An empty batch of 2**30 x 2**30 planes: nothing to compute, but no int32 index could
+    # name their pixels, so the pooling refuses the call as it would with a batch.
+    ("maxpool2d_forward", lambda: (np.empty((0, 1, 2**29, 2**29), np.float32), np.empty((0, 1, 2**29, 2**29), np.int32),
+                                   np.empty((0, 1, 2**30, 2**30), np.float32), 2, 2, 2, 0),
+     ["an (H, W) plane of 'x'", str(2**60)]),
+    # 2**31 + 1 pieces of no width.
+    ("maxout_forward", lambda: (_ones(2, 0), np.empty((2, 0), np.int32), _ones(2, 1),
+                                np.empty((2**31 + 1, 1, 0), np.float32), np.empty((2**31 + 1, 0), np.float32)),
+     ["the pieces of 'W'", str(2**31 + 1)]),
+]
+
+
+@pytest.mark.parametrize("kernel,make,words", ARGMAX_BEYOND_INT32, ids=[a[0] for a in ARGMAX_BEYOND_INT32])
+def test_argmax_indices_beyond_int32_are_refused(kernel, make, words):
+    """argmax is int32 (half the bytes of int64 that a pooling layer writes and reads back):
+    a forward whose indices would not fit it is refused, by both backends alike."""
+    for impl_name, impl in IMPLS.items():
+        with pytest.raises(ValueError) as info:
+            getattr(impl, kernel)(*make())
+        message = str(info.value)
+        assert message.startswith(kernel + ":") and "int32" in message, (impl_name, message)
+        missing = [w for w in words if w not in message]
+        assert not missing, (impl_name, missing, message)
 
 
 # ----------------------------------------------------------------------------------------
@@ -914,8 +946,11 @@ def _geometry_api_cases() -> list[ApiCase]:
         ApiCase("Conv2d: output beyond 64 bits", lambda: L.Conv2d(1, 1, 1, padding=2**40).forward(_x((1, 1, 1, 1))),
                 OverflowError, ("Conv2d(1->1)", "output", "64-bit")),
         ApiCase("Conv2d+ReLU+MaxPool2d: convolution output beyond memory",
-                lambda: L.Sequential(L.Conv2d(1, 1, 1, padding=2**20), L.ReLU(), L.MaxPool2d(1, stride=2**22))
+                lambda: L.Sequential(L.Conv2d(1, 64, 1, padding=23000), L.ReLU(), L.MaxPool2d(1, stride=2**22))
                 .forward(_x((1, 1, 1, 1))), MemoryError, ("convolution output", "memory")),
+        ApiCase("Conv2d+ReLU+MaxPool2d: a plane beyond an int32 argmax",
+                lambda: L.Sequential(L.Conv2d(1, 1, 1, padding=2**20), L.ReLU(), L.MaxPool2d(1, stride=2**22))
+                .forward(_x((1, 1, 1, 1))), ValueError, ("argmax", "int32")),
         # 2**20 samples of 2**22 outputs: 16 TiB of float32.
         ApiCase("Affine: output beyond memory", lambda: L.Affine(1, 2**22).forward(_x((2**20, 1))), MemoryError,
                 ("Affine(1->4194304)", "memory")),

@@ -331,7 +331,7 @@ def test_maxout(N, D, K, M, dtype):
     rng = seed("maxout", N, D, K, M, dtype)
     x, W, b = maxout_data(rng, N, D, K, M, dtype)
     out0 = np.full((N, M), np.nan, dtype)
-    am0 = np.full((N, M), -7, np.int64)
+    am0 = np.full((N, M), -7, np.int32)
     (out, am), (rout, ram) = both("maxout_forward", [out0, am0], x, W, b)
     mag = maxout_magnitude(x, W, b)
     bound = 2 * gamma(D + 2, dtype) * mag + tiny(dtype)  # (K, N, M): z of each backend within it
@@ -380,9 +380,9 @@ def test_maxout_ties_go_to_the_first_piece(K, dtype):
     b[:, 4] = -INF  # a column of -inf in every piece: all equal, the first wins
     b[K - 1, 2] = 1.0  # a clear winner, the last piece
     for impl in (_native, reference):
-        out, am = np.empty((N, M), dtype), np.empty((N, M), np.int64)
+        out, am = np.empty((N, M), dtype), np.empty((N, M), np.int32)
         impl.maxout_forward(out, am, x, W, b)
-        want = np.zeros((N, M), np.int64)
+        want = np.zeros((N, M), np.int32)
         want[:, 2] = K - 1
         want[1, 2] = 0  # NaN beats the winner
         np.testing.assert_array_equal(am, want, err_msg=impl.__name__)
@@ -393,7 +393,7 @@ def test_maxout_ties_go_to_the_first_piece(K, dtype):
 @pytest.mark.parametrize("bad", [-1, 3])
 def test_maxout_backward_rejects_argmax_out_of_range(impl, bad):
     x, W, b = maxout_data(np.random.default_rng(0), 4, 3, 3, 2, np.float32)
-    argmax = np.zeros((4, 2), np.int64)
+    argmax = np.zeros((4, 2), np.int32)
     argmax[2, 1] = bad
     with pytest.raises(ValueError, match="argmax"):
         impl.maxout_backward(None, np.zeros_like(W), np.zeros_like(b), np.ones((4, 2), np.float32), x, W, argmax)
@@ -560,8 +560,8 @@ def calls(dtype=np.float32):
         "softmax_forward": ([f(4, 3), x4], [0], 1),
         "softmax_backward": ([f(4, 3), f(4, 3), x4], [0], 2),
         # K = N pieces, so that b (K, M) has the shape of out (N, M) and can alias it.
-        "maxout_forward": ([f(4, 2), np.zeros((4, 2), np.int64), x4, f(4, 3, 2), f(4, 2)], [0, 1], 2),
-        "maxout_backward": ([f(4, 3), f(2, 3, 2), f(2, 2), f(4, 2), x4, f(2, 3, 2), np.zeros((4, 2), np.int64)],
+        "maxout_forward": ([f(4, 2), np.zeros((4, 2), np.int32), x4, f(4, 3, 2), f(4, 2)], [0, 1], 2),
+        "maxout_backward": ([f(4, 3), f(2, 3, 2), f(2, 2), f(4, 2), x4, f(2, 3, 2), np.zeros((4, 2), np.int32)],
                             [0, 1, 2], 4),
         # M = D units, so that out (N, M) has the shape of x (N, D) and can alias it.
         "rbf_forward": ([f(4, 3), x4, f(3, 3), f(3)], [0], 1),
@@ -624,8 +624,8 @@ def test_bad_outputs(kernel, impl):
             args = calls()[kernel][0]
             a = args[o]
             if fault == "mixed dtype":
-                if a.dtype == np.int64:
-                    args[o] = a.astype(np.int32)
+                if a.dtype == np.int32:
+                    args[o] = a.astype(np.int64)
                 else:
                     args[o] = a.astype(np.float64)
             elif fault == "read-only":
@@ -716,10 +716,10 @@ def test_shape_rules(impl):
         with pytest.raises(ValueError):
             impl.softmax_forward(np.empty(shape, f), np.ones(shape, f))
     with pytest.raises(ValueError):  # no pieces
-        impl.maxout_forward(np.empty((2, 2), f), np.empty((2, 2), np.int64), np.ones((2, 3), f),
+        impl.maxout_forward(np.empty((2, 2), f), np.empty((2, 2), np.int32), np.ones((2, 3), f),
                             np.ones((0, 3, 2), f), np.ones((0, 2), f))
     with pytest.raises(ValueError):  # W feature axis != D
-        impl.maxout_forward(np.empty((2, 2), f), np.empty((2, 2), np.int64), np.ones((2, 3), f),
+        impl.maxout_forward(np.empty((2, 2), f), np.empty((2, 2), np.int32), np.ones((2, 3), f),
                             np.ones((1, 4, 2), f), np.ones((1, 2), f))
     with pytest.raises(ValueError):  # centers feature axis != D
         impl.rbf_forward(np.empty((2, 2), f), np.ones((2, 3), f), np.ones((2, 4), f), np.ones(2, f))
@@ -734,7 +734,7 @@ def test_zero_size(impl):
     f = np.float32
     for name in ("sigmoid_forward", "tanh_forward", "softplus_forward", "identity_forward"):
         getattr(impl, name)(np.empty((0, 3), f), np.ones((0, 3), f))
-    out, am = np.empty((0, 2), f), np.empty((0, 2), np.int64)
+    out, am = np.empty((0, 2), f), np.empty((0, 2), np.int32)
     impl.maxout_forward(out, am, np.ones((0, 3), f), np.ones((2, 3, 2), f), np.ones((2, 2), f))
     dW, db = np.ones((2, 3, 2), f), np.ones((2, 2), f)
     impl.maxout_backward(np.empty((0, 3), f), dW, db, np.ones((0, 2), f), np.ones((0, 3), f), np.ones((2, 3, 2), f), am)
@@ -742,7 +742,7 @@ def test_zero_size(impl):
     # M = 0 units: dx is a sum over nothing, so zeros.
     dx = np.full((4, 3), np.nan, f)
     impl.maxout_backward(dx, np.ones((2, 3, 0), f), np.ones((2, 0), f), np.ones((4, 0), f), np.ones((4, 3), f),
-                         np.ones((2, 3, 0), f), np.empty((4, 0), np.int64))
+                         np.ones((2, 3, 0), f), np.empty((4, 0), np.int32))
     np.testing.assert_array_equal(dx, 0)
     dx = np.full((4, 3), np.nan, f)
     impl.rbf_backward(dx, np.ones((0, 3), f), np.ones(0, f), np.ones((4, 0), f), np.ones((4, 3), f),
@@ -752,7 +752,7 @@ def test_zero_size(impl):
     out = np.full((3, 2), np.nan, f)
     impl.rbf_forward(out, np.ones((3, 0), f), np.ones((2, 0), f), np.ones(2, f))
     np.testing.assert_array_equal(out, 1)
-    out, am = np.full((3, 2), np.nan, f), np.full((3, 2), -1, np.int64)
+    out, am = np.full((3, 2), np.nan, f), np.full((3, 2), -1, np.int32)
     impl.maxout_forward(out, am, np.ones((3, 0), f), np.ones((2, 0, 2), f), np.array([[1, 5], [2, 0]], f))
     np.testing.assert_array_equal(out, [[2, 5]] * 3)
     np.testing.assert_array_equal(am, [[1, 0]] * 3)
@@ -777,7 +777,7 @@ def thread_cases(dtype):
     sy = np.empty_like(sx)
     reference.softmax_forward(sy, sx)
     mx, mW, mb, mg = r(256, 300), r(3, 300, 64) * 0.1, r(3, 64), r(256, 64)
-    mam = np.empty((256, 64), np.int64)
+    mam = np.empty((256, 64), np.int32)
     reference.maxout_forward(np.empty((256, 64), dtype), mam, mx, mW, mb)
     rx, rc, rw, rg = r(256, 300), r(64, 300), np.full(64, 20.0, dtype), r(256, 64)
     ro = np.empty((256, 64), dtype)
@@ -802,7 +802,7 @@ def thread_cases(dtype):
         ("identity_backward", [e(n)], (g,)),
         ("softmax_forward", [e(300, 1000)], (sx,)),
         ("softmax_backward", [e(300, 1000)], (sg, sy)),
-        ("maxout_forward", [e(256, 64), np.zeros((256, 64), np.int64)], (mx, mW, mb)),
+        ("maxout_forward", [e(256, 64), np.zeros((256, 64), np.int32)], (mx, mW, mb)),
         ("maxout_backward", [e(256, 300), e(3, 300, 64), e(3, 64)], (mg, mx, mW, mam)),
         ("rbf_forward", [e(256, 64)], (rx, rc, rw)),
         ("rbf_backward", [e(256, 300), e(64, 300), e(64)], (rg, rx, rc, rw, ro)),

@@ -127,7 +127,7 @@ def test_forward_matches_the_oracle(case):
 
 
 def _fused_forward(d, case, pool, impl=nat, dtype=F32):
-    out, am = np.full(d["pooled"], np.nan, dtype), np.full(d["pooled"], -7, np.int64)
+    out, am = np.full(d["pooled"], np.nan, dtype), np.full(d["pooled"], -7, np.int32)
     impl.conv2d_relu_maxpool2d_forward(out, am, d["x"].astype(dtype), d["W"].astype(dtype), d["b"].astype(dtype),
                                        1, case["pad"], *pool)
     return out, am
@@ -139,7 +139,7 @@ def test_fused_forward_gives_the_unfused_direct_bits(cp):
     d = _data(case, 2, pool)
     y = np.empty(d["conv"], F32)
     nat.conv2d_relu_forward(y, d["x"], d["W"], d["b"], 1, case["pad"])
-    out, am = np.empty(d["pooled"], F32), np.empty(d["pooled"], np.int64)
+    out, am = np.empty(d["pooled"], F32), np.empty(d["pooled"], np.int32)
     nat.maxpool2d_forward(out, am, y, *pool)
     fout, fam = _fused_forward(d, case, pool)
     assert fout.tobytes() == out.tobytes() and np.array_equal(fam, am)
@@ -176,7 +176,7 @@ def _unfused_direct(x, W, b, case, conv_shape):
     y = np.empty(conv_shape, F32)
     nat.conv2d_relu_forward(y, x, W, b, 1, case["pad"])
     N, FN, OH, OW = conv_shape
-    out, am = np.empty((N, FN, OH // 2, OW // 2), F32), np.empty((N, FN, OH // 2, OW // 2), np.int64)
+    out, am = np.empty((N, FN, OH // 2, OW // 2), F32), np.empty((N, FN, OH // 2, OW // 2), np.int32)
     nat.maxpool2d_forward(out, am, y, *POOL_2x2)
     return out, am
 

@@ -77,13 +77,13 @@ def _unfused_forward(impl, d, case, pool):
     PH, PW, ps, pp = pool
     y = np.empty(d["conv"], d["x"].dtype)
     impl.conv2d_relu_forward(y, d["x"], d["W"], d["b"], case["stride"], case["pad"])
-    out, am = np.empty(d["pooled"], y.dtype), np.empty(d["pooled"], np.int64)
+    out, am = np.empty(d["pooled"], y.dtype), np.empty(d["pooled"], np.int32)
     impl.maxpool2d_forward(out, am, y, PH, PW, ps, pp)
     return y, out, am
 
 
 def _fused_forward(impl, d, case, pool):
-    out, am = np.full(d["pooled"], np.nan, d["x"].dtype), np.full(d["pooled"], -7, np.int64)
+    out, am = np.full(d["pooled"], np.nan, d["x"].dtype), np.full(d["pooled"], -7, np.int32)
     impl.conv2d_relu_maxpool2d_forward(out, am, d["x"], d["W"], d["b"], case["stride"], case["pad"], *pool)
     return out, am
 
@@ -182,7 +182,7 @@ def test_oracle_backward_matches_a_numerical_gradient(cp):
 def _args(dtype=np.float32):
     rng = np.random.default_rng(7)
     x, W, b = rand(rng, (2, 3, 6, 6), dtype), rand(rng, (4, 3, 3, 3), dtype), rand(rng, (4,), dtype)
-    return [np.zeros((2, 4, 3, 3), dtype), np.zeros((2, 4, 3, 3), np.int64), x, W, b, 1, 1, 2, 2, 2, 0]
+    return [np.zeros((2, 4, 3, 3), dtype), np.zeros((2, 4, 3, 3), np.int32), x, W, b, 1, 1, 2, 2, 2, 0]
 
 
 def _bwd_args(dtype=np.float32):
@@ -216,7 +216,7 @@ BAD = [
     ("backward", "argmax out of range", 7, lambda a: np.full_like(a[7], 36), ValueError, "argmax"),
     ("backward", "negative argmax", 7, lambda a: np.full_like(a[7], -1), ValueError, "argmax"),
     ("backward", "out shape", 6, lambda a: np.ones((2, 4, 3, 2), np.float32), ValueError, "out"),
-    ("backward", "argmax shape", 7, lambda a: np.zeros((2, 4, 3, 2), np.int64), ValueError, "argmax"),
+    ("backward", "argmax shape", 7, lambda a: np.zeros((2, 4, 3, 2), np.int32), ValueError, "argmax"),
     ("backward", "read-only dW", 1, lambda a: readonly(a[1]), ValueError, "dW"),
     ("backward", "dx shape", 0, lambda a: np.zeros((2, 3, 6, 5), np.float32), ValueError, "dx"),
     ("backward", "out dtype", 6, lambda a: a[6].astype(np.float64), TypeError, "out"),
@@ -250,7 +250,7 @@ def test_empty_batch_and_no_filters(impl):
     for N, FN in ((0, 4), (2, 0)):
         rng = np.random.default_rng(0)
         x, W, b = rand(rng, (N, 3, 6, 6), np.float32), rand(rng, (FN, 3, 3, 3), np.float32), np.zeros(FN, np.float32)
-        out, am = np.empty((N, FN, 3, 3), np.float32), np.empty((N, FN, 3, 3), np.int64)
+        out, am = np.empty((N, FN, 3, 3), np.float32), np.empty((N, FN, 3, 3), np.int32)
         impl.conv2d_relu_maxpool2d_forward(out, am, x, W, b, 1, 1, 2, 2, 2, 0)
         dx = np.full(x.shape, np.nan, np.float32)
         dW, db = np.zeros_like(W), np.zeros_like(b)

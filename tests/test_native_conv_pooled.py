@@ -83,7 +83,7 @@ def _data(case, pool, seed):
 
 
 def _forward(d, case, pool, impl=nat, dtype=F32):
-    out, am = np.full(d["pooled"], np.nan, dtype), np.full(d["pooled"], -7, np.int64)
+    out, am = np.full(d["pooled"], np.nan, dtype), np.full(d["pooled"], -7, np.int32)
     impl.conv2d_relu_maxpool2d_forward(out, am, d["x"].astype(dtype), d["W"].astype(dtype), d["b"].astype(dtype),
                                        case["stride"], case["pad"], *pool)
     return out, am

@@ -135,7 +135,7 @@ def test_maxpool_matches_oracle(case, dtype):
     hyper = (case["PH"], case["PW"], case["stride"], case["pad"])
     (o, a, _, *_), (ro, ra, _, *_) = both(
         "maxpool2d_forward",
-        lambda: (np.full(oshape, np.nan, dtype), np.full(oshape, -7, np.int64), x, *hyper))
+        lambda: (np.full(oshape, np.nan, dtype), np.full(oshape, -7, np.int32), x, *hyper))
     assert_same_bits(o, ro, "out")
     np.testing.assert_array_equal(a, ra, err_msg="argmax")
     assert_same_bits(x, x0, "x unchanged")
@@ -181,7 +181,7 @@ def test_maxpool_nan_inf_and_signed_zeros(dtype, PH, PW, stride, pad):
     x[0, 1, :, 1::2] = np.nan  # many windows with several NaNs: the first one wins
     oshape = pool_out_shape(dict(N=3, C=4, H=9, W=11, PH=PH, PW=PW, stride=stride, pad=pad))
     (o, a, *_), (ro, ra, *_) = both(
-        "maxpool2d_forward", lambda: (np.empty(oshape, dtype), np.empty(oshape, np.int64), x, PH, PW, stride, pad))
+        "maxpool2d_forward", lambda: (np.empty(oshape, dtype), np.empty(oshape, np.int32), x, PH, PW, stride, pad))
     assert_same_bits(o, ro, "out")
     np.testing.assert_array_equal(a, ra, err_msg="argmax")
 
@@ -191,14 +191,14 @@ def test_maxpool_semantics_by_hand():
     # the first maximum; -0.0 and 0.0 tie.
     x = np.array([[[[1.0, np.nan, 7.0, 7.0, -0.0, 0.0, -np.inf, -np.inf],
                     [np.inf, np.nan, 7.0, 7.0, 0.0, -0.0, -np.inf, -np.inf]]]])
-    out, am = np.empty((1, 1, 1, 4)), np.empty((1, 1, 1, 4), np.int64)
+    out, am = np.empty((1, 1, 1, 4)), np.empty((1, 1, 1, 4), np.int32)
     N.maxpool2d_forward(out, am, x, 2, 2, 2, 0)
     np.testing.assert_array_equal(am, [[[[1, 2, 4, 6]]]])
     assert np.isnan(out[0, 0, 0, 0]) and out[0, 0, 0, 1] == 7.0 and out[0, 0, 0, 3] == -np.inf
     assert np.signbit(out[0, 0, 0, 2])  # the first of the tied zeros, -0.0
     # All -inf with padding: the first in-bounds element, not padding.
     x = np.full((1, 1, 3, 3), -np.inf)
-    out, am = np.empty((1, 1, 3, 3)), np.empty((1, 1, 3, 3), np.int64)
+    out, am = np.empty((1, 1, 3, 3)), np.empty((1, 1, 3, 3), np.int32)
     N.maxpool2d_forward(out, am, x, 3, 3, 1, 1)
     np.testing.assert_array_equal(am[0, 0], [[0, 0, 1], [0, 0, 1], [3, 3, 4]])
 
@@ -207,7 +207,7 @@ def test_maxpool_backward_overlapping_windows_by_hand():
     # 3x3 windows, stride 1: the centre wins all four windows and collects all four entries.
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1:3, 1:3] = [[9.0, 1.0], [1.0, 1.0]]
-    out, am = np.empty((1, 1, 2, 2)), np.empty((1, 1, 2, 2), np.int64)
+    out, am = np.empty((1, 1, 2, 2)), np.empty((1, 1, 2, 2), np.int32)
     N.maxpool2d_forward(out, am, x, 3, 3, 1, 0)
     np.testing.assert_array_equal(am, np.full((1, 1, 2, 2), 5))
     dx = np.full(x.shape, np.nan)
@@ -219,8 +219,8 @@ def test_maxpool_backward_overlapping_windows_by_hand():
 
 def test_maxpool_backward_rejects_out_of_range_argmax():
     dout = np.ones((1, 2, 2, 2))
-    for bad in (-1, 16, 1 << 40):
-        am = np.zeros((1, 2, 2, 2), np.int64)
+    for bad in (-1, 16, 2**31 - 1):
+        am = np.zeros((1, 2, 2, 2), np.int32)
         am[0, 1, 1, 0] = bad
         for impl in (N, R):
             dx = np.full((1, 2, 4, 4), 5.0)
@@ -236,8 +236,8 @@ def test_a_bad_argmax_is_found_anywhere_in_a_large_array(where):
     first or last step, on a step boundary or in the tail, is still reported exactly."""
     shape = (3, 7, 17, 23)  # 8,211 entries: not a whole number of 8-index steps
     dout = np.ones(shape, np.float32)
-    for bad in (-3, 70 * 46, 1 << 40):
-        am = np.random.default_rng(where).integers(0, 34 * 46, shape, dtype=np.int64)
+    for bad in (-3, 70 * 46, 2**31 - 1):
+        am = np.random.default_rng(where).integers(0, 34 * 46, shape, dtype=np.int32)
         am.reshape(-1)[where] = bad
         dx = np.full((3, 7, 34, 46), 5.0, np.float32)
         with pytest.raises(ValueError, match="argmax") as info:
@@ -569,7 +569,7 @@ def _alias(base, shape):
 def _good_calls():
     """kernel -> function of keyword overrides returning a valid argument tuple (.names: the names)."""
     x4, o4 = _f((2, 3, 6, 6)), _f((2, 3, 3, 3))
-    am = np.zeros((2, 3, 3, 3), np.int64)
+    am = np.zeros((2, 3, 3, 3), np.int32)
     x2, f = _f((4, 3)), _f(3)
     m = np.ones((4, 3), np.uint8)
 
@@ -650,7 +650,7 @@ def _bad_cases():
         outs = outputs(kernel)
         for n, a in zip(names, args):
             if isinstance(a, np.ndarray):
-                other = np.float32 if a.dtype == np.float64 else np.int32
+                other = {np.dtype(np.float64): np.float32, np.dtype(np.int32): np.int64}.get(a.dtype, np.int32)
                 cases.append((kernel, f"{n} dtype", {n: a.astype(other)}, TypeError))
                 cases.append((kernel, f"{n} list", {n: a.tolist()}, TypeError))
                 cases.append((kernel, f"{n} shape", {n: np.zeros(a.shape + (1,), a.dtype)}, ValueError))
@@ -717,7 +717,7 @@ def test_optional_dx_none_and_zero_size_batch():
         impl.batchnorm_backward(None, dg, db, x, x, np.ones(3), np.zeros(3), np.ones(3))
         np.testing.assert_array_equal(dg, 1.0)
         out = np.empty((0, 3, 2, 2))
-        impl.maxpool2d_forward(out, np.empty(out.shape, np.int64), x, 2, 2, 2, 0)
+        impl.maxpool2d_forward(out, np.empty(out.shape, np.int32), x, 2, 2, 2, 0)
 
 
 # --- threads and instruction sets --------------------------------------------------------
@@ -732,7 +732,7 @@ def _big_runs(dtype):
     x2 = (rng.standard_normal((1024, 200)) * 3 + 1).astype(dtype)
     d1 = rng.standard_normal((1 << 17) + 3).astype(dtype)
     mask = (rng.random(d1.shape) < 0.5).astype(np.uint8)
-    am = np.empty(o4, np.int64)
+    am = np.empty(o4, np.int32)
     R.maxpool2d_forward(np.empty(o4, dtype), am, x4, 2, 2, 2, 0)
     runs = {}
 
@@ -743,7 +743,7 @@ def _big_runs(dtype):
         oshape = pool_out_shape(dict(N=8, C=16, H=24, W=24, PH=hyper[0], PW=hyper[1], stride=hyper[2], pad=hyper[3]))
 
         def mp(hyper=hyper, oshape=oshape):
-            o, a = np.empty(oshape, dtype), np.empty(oshape, np.int64)
+            o, a = np.empty(oshape, dtype), np.empty(oshape, np.int32)
             N.maxpool2d_forward(o, a, x4, *hyper)
             dx = np.empty_like(x4)
             N.maxpool2d_backward(dx, rng_dout(oshape, dtype), a)
@@ -813,7 +813,7 @@ BASELINE_PROBE = textwrap.dedent(
         for W in (2, 7, 16, 17, 33):
             x = rng.integers(-3, 4, size=(2, 3, 5, W)).astype(dt)
             x.flat[::7] = np.nan
-            o, a = np.empty((2, 3, 2, W // 2), dt), np.empty((2, 3, 2, W // 2), np.int64)
+            o, a = np.empty((2, 3, 2, W // 2), dt), np.empty((2, 3, 2, W // 2), np.int32)
             N.maxpool2d_forward(o, a, x, 2, 2, 2, 0)
             res[f"mp_x_{dt}_{W}"], res[f"mp_o_{dt}_{W}"], res[f"mp_a_{dt}_{W}"] = x, o, a
         d = rng.standard_normal(4099).astype(dt)
@@ -845,7 +845,7 @@ def test_baseline_build_matches_the_oracle(tmp_path):
         if key.startswith("mp_x_"):
             tag = key[5:]
             x = res[key]
-            o, a = np.empty(res[f"mp_o_{tag}"].shape, x.dtype), np.empty(res[f"mp_a_{tag}"].shape, np.int64)
+            o, a = np.empty(res[f"mp_o_{tag}"].shape, x.dtype), np.empty(res[f"mp_a_{tag}"].shape, np.int32)
             R.maxpool2d_forward(o, a, x, 2, 2, 2, 0)
             assert_same_bits(res[f"mp_o_{tag}"], o, key)
             np.testing.assert_array_equal(res[f"mp_a_{tag}"], a)

@@ -344,7 +344,7 @@ def test_maxout_gradients(N, D, K, M):
     x, W, b = maxout_data(rng, N, D, K, M)
     r = rng.standard_normal((N, M))
     out = np.empty((N, M))
-    argmax = np.empty((N, M), np.int64)
+    argmax = np.empty((N, M), np.int32)
 
     def loss():
         R.maxout_forward(out, argmax, x, W, b)
@@ -371,7 +371,7 @@ def test_maxout_forward_values_and_ties(dtype):
     W = np.array([[[1.0], [0.0]], [[0.0], [1.0]], [[0.0], [1.0]]], dtype)  # K=3, D=2, M=1
     b = np.zeros((3, 1), dtype)
     out = np.empty((2, 1), dtype)
-    argmax = np.full((2, 1), -7, np.int64)
+    argmax = np.full((2, 1), -7, np.int32)
     R.maxout_forward(out, argmax, x, W, b)
     assert out.dtype == dtype
     np.testing.assert_array_equal(out, np.array([[2.0], [0.0]], dtype))
@@ -470,19 +470,19 @@ CHECKS = [
     (lambda: R.softmax_forward(f64(3), f64(3)), ValueError, "'x'"),
     (lambda: R.softmax_forward(f64(2, 0), f64(2, 0)), ValueError, "'x'"),
     (lambda: R.softmax_backward(f64(2, 3), f64(2, 3), np.zeros((2, 3), np.float32)), TypeError, "'dout'"),
-    (lambda: R.maxout_forward(f64(2, 3), np.zeros((2, 3), np.int64), f64(2, 4), f64(2, 5, 3), f64(2, 3)),
+    (lambda: R.maxout_forward(f64(2, 3), np.zeros((2, 3), np.int32), f64(2, 4), f64(2, 5, 3), f64(2, 3)),
      ValueError, "'W'"),
-    (lambda: R.maxout_forward(f64(2, 3), np.zeros((2, 3), np.int64), f64(2, 4), f64(2, 4, 3), f64(3, 3)),
+    (lambda: R.maxout_forward(f64(2, 3), np.zeros((2, 3), np.int32), f64(2, 4), f64(2, 4, 3), f64(3, 3)),
      ValueError, "'b'"),
     (lambda: R.maxout_forward(f64(2, 3), f64(2, 3), f64(2, 4), f64(2, 4, 3), f64(2, 3)), TypeError, "'argmax'"),
-    (lambda: R.maxout_forward(f64(2, 3), read_only(np.zeros((2, 3), np.int64)), f64(2, 4), f64(2, 4, 3), f64(2, 3)),
+    (lambda: R.maxout_forward(f64(2, 3), read_only(np.zeros((2, 3), np.int32)), f64(2, 4), f64(2, 4, 3), f64(2, 3)),
      ValueError, "'argmax'"),
     (lambda: R.maxout_backward(f64(2, 4), f64(2, 4, 3), f64(2, 3), f64(2, 3), f64(2, 4), f64(2, 4, 3),
-                               np.full((2, 3), 2, np.int64)), ValueError, "'argmax'"),
+                               np.full((2, 3), 2, np.int32)), ValueError, "'argmax'"),
     (lambda: R.maxout_backward(None, read_only(f64(2, 4, 3)), f64(2, 3), f64(2, 3), f64(2, 4), f64(2, 4, 3),
-                               np.zeros((2, 3), np.int64)), ValueError, "'dW'"),
+                               np.zeros((2, 3), np.int32)), ValueError, "'dW'"),
     (lambda: R.maxout_backward(None, f64(2, 4, 3), f64(2, 3), f64(3, 3), f64(2, 4), f64(2, 4, 3),
-                               np.zeros((2, 3), np.int64)), ValueError, "'dout'"),
+                               np.zeros((2, 3), np.int32)), ValueError, "'dout'"),
     (lambda: R.rbf_forward(f64(2, 3), f64(2, 4), f64(3, 4), np.array([1.0, 0.0, 2.0])), ValueError, "'widths'"),
     (lambda: R.rbf_forward(f64(2, 3), f64(2, 4), f64(3, 4), np.array([1.0, 1e-170, 2.0])), ValueError, "'widths'"),
     (lambda: R.rbf_forward(f64(2, 3), f64(2, 4), f64(3, 5), np.ones(3)), ValueError, "'centers'"),

@@ -175,7 +175,7 @@ def test_maxpool_backward_matches_numerical_gradient(N, C, H, W, PH, PW, stride,
     OH, OW = _out_size(H, PH, stride, pad), _out_size(W, PW, stride, pad)
     R = rng.standard_normal((N, C, OH, OW))
     out = np.empty_like(R)
-    argmax = np.empty(R.shape, np.int64)
+    argmax = np.empty(R.shape, np.int32)
 
     def loss():
         ref.maxpool2d_forward(out, argmax, x, PH, PW, stride, pad)
@@ -212,7 +212,7 @@ def test_maxpool_with_padding_by_hand():
     # All entries negative: a zero pad would win, a -inf pad never does.
     x = -np.arange(1.0, 17.0).reshape(1, 1, 4, 4)
     out = np.empty((1, 1, 3, 3))
-    argmax = np.empty((1, 1, 3, 3), np.int64)
+    argmax = np.empty((1, 1, 3, 3), np.int32)
     ref.maxpool2d_forward(out, argmax, x, 2, 2, 2, 1)
     # Windows cover rows {0}, {1,2}, {3} and the same columns; the max is the top-left real one.
     np.testing.assert_array_equal(argmax[0, 0], [[0, 1, 3], [4, 5, 7], [12, 13, 15]])
@@ -223,7 +223,7 @@ def test_maxpool_nan_propagates_and_all_minus_inf_window():
     x = np.array([[[[1.0, np.nan, 5.0, -np.inf],
                     [2.0, 0.0, 3.0, -np.inf]]]])
     out = np.empty((1, 1, 1, 2))
-    argmax = np.empty((1, 1, 1, 2), np.int64)
+    argmax = np.empty((1, 1, 1, 2), np.int32)
     ref.maxpool2d_forward(out, argmax, x, 2, 2, 2, 0)
     assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1
     assert out[0, 0, 0, 1] == 5.0 and argmax[0, 0, 0, 1] == 2
@@ -231,7 +231,7 @@ def test_maxpool_nan_propagates_and_all_minus_inf_window():
     # A window of -inf only, padded: the first in-bounds element, not a padding slot.
     y = np.full((1, 1, 3, 3), -np.inf)
     out = np.empty((1, 1, 2, 2))
-    argmax = np.empty((1, 1, 2, 2), np.int64)
+    argmax = np.empty((1, 1, 2, 2), np.int32)
     ref.maxpool2d_forward(out, argmax, y, 2, 2, 2, 1)
     np.testing.assert_array_equal(out, -np.inf)
     np.testing.assert_array_equal(argmax[0, 0], [[0, 1], [3, 4]])
@@ -240,7 +240,7 @@ def test_maxpool_nan_propagates_and_all_minus_inf_window():
 def test_maxpool_backward_routes_overlapping_windows():
     x = np.array([[[[0.0, 1.0, 0.0], [0.0, 9.0, 0.0], [0.0, 0.0, 0.0]]]])
     out = np.empty((1, 1, 2, 2))
-    argmax = np.empty((1, 1, 2, 2), np.int64)
+    argmax = np.empty((1, 1, 2, 2), np.int32)
     ref.maxpool2d_forward(out, argmax, x, 2, 2, 1, 0)
     np.testing.assert_array_equal(argmax, 4)
     dx = np.full_like(x, np.nan)
@@ -469,7 +469,7 @@ def _bad_calls():
     b = np.zeros(4)
     out = np.zeros((2, 4, 3, 3))
     pool_out = np.zeros((2, 3, 2, 2))
-    am = np.zeros((2, 3, 2, 2), np.int64)
+    am = np.zeros((2, 3, 2, 2), np.int32)
     f = np.zeros(3)
     x2 = np.zeros((4, 3))
     return [
@@ -490,9 +490,9 @@ def _bad_calls():
         ("im2col col shape", lambda: ref.im2col(np.zeros((18, 26)), x, 3, 3, 1, 0), ValueError, "'col'"),
         ("col2im col dtype", lambda: ref.col2im(x.copy(), np.zeros((18, 27), np.float32), 3, 3, 1, 0),
          TypeError, "'dx'"),
-        ("maxpool pad too big", lambda: ref.maxpool2d_forward(np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 4, 4), np.int64),
+        ("maxpool pad too big", lambda: ref.maxpool2d_forward(np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 4, 4), np.int32),
                                                               x, 2, 2, 2, 2), ValueError, "'pad'"),
-        ("maxpool argmax dtype", lambda: ref.maxpool2d_forward(pool_out, am.astype(np.int32), x, 2, 2, 2, 0),
+        ("maxpool argmax dtype", lambda: ref.maxpool2d_forward(pool_out, am.astype(np.int64), x, 2, 2, 2, 0),
          TypeError, "'argmax'"),
         ("maxpool out read-only", lambda: ref.maxpool2d_forward(_ro(pool_out), am, x, 2, 2, 2, 0),
          ValueError, "'out'"),

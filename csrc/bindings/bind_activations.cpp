@@ -379,13 +379,14 @@ void bind_activations(py::module_& m) {
             c.shape(b.a, "b", {s.K, s.M});
             Arr out = output(c, out_, "out", x.dtype, "x");
             c.shape(out.a, "out", {s.N, s.M});
-            py::array argmax = int64_array(c, argmax_, "argmax");
+            py::array argmax = int32_array(c, argmax_, "argmax");
             c.writeable(argmax, "argmax");
             c.shape(argmax, "argmax", {s.N, s.M});
+            argmax_fits_int32(c, s.K, "the pieces of 'W'");
             c.outputs_distinct({{&out.a, "out"}, {&argmax, "argmax"}}, {{&x.a, "x"}, {&s.W.a, "W"}, {&b.a, "b"}});
             // Every piece's value for every sample, kept to pick the maximum.
             if (s.K > 1) c.scratch_fits({s.N, s.K, s.M}, x.dtype == DType::f32 ? 4 : 8, "the pieces' outputs (N, K, M)");
-            auto* am = static_cast<std::int64_t*>(argmax.mutable_data());
+            auto* am = static_cast<std::int32_t*>(argmax.mutable_data());
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -393,7 +394,7 @@ void bind_activations(py::module_& m) {
             });
         },
         py::arg("out"), py::arg("argmax"), py::arg("x"), py::arg("W"), py::arg("b"),
-        "out (N,M) = max_k (x @ W[k] + b[k]); argmax (N,M) int64 holds the first maximising k");
+        "out (N,M) = max_k (x @ W[k] + b[k]); argmax (N,M) int32 holds the first maximising k");
 
     m.def(
         "maxout_backward",
@@ -404,9 +405,9 @@ void bind_activations(py::module_& m) {
             MaxoutShapes s = maxout_shapes(c, x, W_);
             Arr dout = input(c, dout_, "dout", x.dtype, "x");
             c.shape(dout.a, "dout", {s.N, s.M});
-            py::array argmax = int64_array(c, argmax_, "argmax");
+            py::array argmax = int32_array(c, argmax_, "argmax");
             c.shape(argmax, "argmax", {s.N, s.M});
-            const auto* am = static_cast<const std::int64_t*>(argmax.data());
+            const auto* am = static_cast<const std::int32_t*>(argmax.data());
             for (i64 i = 0; i < s.N * s.M; ++i)
                 if (am[i] < 0 || am[i] >= s.K)
                     c.value_error("argument 'argmax' holds " + std::to_string(am[i]) + " at flat index " +

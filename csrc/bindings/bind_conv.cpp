@@ -158,11 +158,12 @@ void conv_pool_forward(py::object out_, py::object argmax_, py::object x_, py::o
     Arr W = input(c, W_, "W", x.dtype, "x");
     Arr b = input(c, b_, "b", x.dtype, "x");
     Arr out = output(c, out_, "out", x.dtype, "x");
-    py::array argmax = int64_array(c, argmax_, "argmax");
+    py::array argmax = int32_array(c, argmax_, "argmax");
     c.writeable(argmax, "argmax");
     ConvGeometry g = checked_conv(c, x, W, stride, pad);
     const PoolGeometry pg = pool_geometry(c, g.N, g.FN, g.OH, g.OW, PH, PW, pool_stride, pool_pad, nullptr,
                                           "pool_stride", "pool_pad");
+    argmax_fits_int32(c, plane_pixels(g.OH, g.OW), "the convolution's (OH, OW) output plane");
     c.shape(b.a, "b", {g.FN});
     c.shape(out.a, "out", {g.N, g.FN, pg.OH, pg.OW});
     c.shape(argmax, "argmax", {g.N, g.FN, pg.OH, pg.OW});
@@ -170,7 +171,7 @@ void conv_pool_forward(py::object out_, py::object argmax_, py::object x_, py::o
     // The pooled output can be small while the convolution output behind it is not (a pooling
     // stride far larger than the window); the kernel keeps that one per image.
     if (g.N > 0) c.scratch_fits({g.FN, g.OH, g.OW}, x.dtype == DType::f32 ? 4 : 8, "the convolution output of one image");
-    auto* am = static_cast<std::int64_t*>(argmax.mutable_data());
+    auto* am = static_cast<std::int32_t*>(argmax.mutable_data());
     dispatch(x.dtype, [&](auto t) {
         using T = decltype(t);
         py::gil_scoped_release nogil;
@@ -185,7 +186,7 @@ void conv_pool_backward(py::object dx_, py::object dW_, py::object db_, py::obje
     Arr W = input(c, W_, "W", x.dtype, "x");
     Arr dout = input(c, dout_, "dout", x.dtype, "x");
     Arr out = input(c, out_, "out", x.dtype, "x");
-    py::array argmax = int64_array(c, argmax_, "argmax");
+    py::array argmax = int32_array(c, argmax_, "argmax");
     auto dx = optional_output(c, dx_, "dx", x.dtype, "x");
     Arr dW = output(c, dW_, "dW", x.dtype, "x");
     Arr db = output(c, db_, "db", x.dtype, "x");
@@ -196,10 +197,9 @@ void conv_pool_backward(py::object dx_, py::object dW_, py::object db_, py::obje
     c.same_shape(argmax, "argmax", dout.a, "dout");
     if (g.N > 0 && g.FN > 0)
         c.scratch_fits({g.FN, g.OH, g.OW}, x.dtype == DType::f32 ? 4 : 8, "the convolution gradient of one image");
-    i64 plane;  // an argmax with entries has N, FN > 0, so then OH*OW fits (checked above)
-    if (__builtin_mul_overflow(g.OH, g.OW, &plane)) plane = std::numeric_limits<i64>::max();
+    const i64 plane = plane_pixels(g.OH, g.OW);
     argmax_in_range(c, argmax, plane);
-    const auto* am = static_cast<const std::int64_t*>(argmax.data());
+    const auto* am = static_cast<const std::int32_t*>(argmax.data());
     if (dx) c.same_shape(dx->a, "dx", x.a, "x");
     c.same_shape(dW.a, "dW", W.a, "W");
     c.shape(db.a, "db", {g.FN});

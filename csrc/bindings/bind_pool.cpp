@@ -26,15 +26,32 @@ bool padded_too_small(i64 H, i64 pad, i64 P) {
 
 }  // namespace
 
+i64 plane_pixels(i64 H, i64 W) {
+    i64 r;
+    return __builtin_mul_overflow(H, W, &r) ? std::numeric_limits<i64>::max() : r;
+}
+
 py::array int64_array(const Checker& c, py::handle obj, const char* name) {
     py::array a = c.array(obj, name);
     c.int64(a, name);
     return a;
 }
 
+py::array int32_array(const Checker& c, py::handle obj, const char* name) {
+    py::array a = c.array(obj, name);
+    c.int32(a, name);
+    return a;
+}
+
+void argmax_fits_int32(const Checker& c, i64 count, const std::string& what) {
+    if (count - 1 > std::numeric_limits<std::int32_t>::max())
+        c.value_error("the argmax indices of " + what + " (" + std::to_string(count) +
+                      ") do not fit its dtype int32; expected at most 2**31");
+}
+
 void argmax_in_range(const Checker& c, const py::array& argmax, i64 plane) {
-    const auto* am = static_cast<const std::int64_t*>(argmax.data());
-    std::int64_t lo = 0, hi = 0;
+    const auto* am = static_cast<const std::int32_t*>(argmax.data());
+    std::int32_t lo = 0, hi = 0;
     {
         py::gil_scoped_release nogil;
         maxpool2d_argmax_range(am, static_cast<i64>(argmax.size()), &lo, &hi);
@@ -82,14 +99,15 @@ void bind_pool(py::module_& m) {
             Checker c{"maxpool2d_forward"};
             Arr x = input(c, x_, "x", std::nullopt, nullptr);
             Arr out = output(c, out_, "out", x.dtype, "x");
-            py::array argmax = int64_array(c, argmax_, "argmax");
+            py::array argmax = int32_array(c, argmax_, "argmax");
             c.writeable(argmax, "argmax");
             c.ndim(x.a, "x", 4);
             const PoolGeometry g = pool_geometry(c, x.dim(0), x.dim(1), x.dim(2), x.dim(3), PH, PW, stride, pad, "x");
+            argmax_fits_int32(c, plane_pixels(g.H, g.W), "an (H, W) plane of 'x'");
             c.shape(out.a, "out", {g.N, g.C, g.OH, g.OW});
             c.shape(argmax, "argmax", {g.N, g.C, g.OH, g.OW});
             c.outputs_distinct({{&out.a, "out"}, {&argmax, "argmax"}}, {{&x.a, "x"}});
-            auto* am = static_cast<std::int64_t*>(argmax.mutable_data());
+            auto* am = static_cast<std::int32_t*>(argmax.mutable_data());
             dispatch(x.dtype, [&](auto t) {
                 using T = decltype(t);
                 py::gil_scoped_release nogil;
@@ -98,7 +116,7 @@ void bind_pool(py::module_& m) {
         },
         py::arg("out"), py::arg("argmax"), py::arg("x"), py::arg("PH"), py::arg("PW"), py::arg("stride"),
         py::arg("pad"),
-        "out (N,C,OH,OW) = window maxima of x (N,C,H,W) (NaN wins); argmax (N,C,OH,OW) int64 = flat h*W + w of "
+        "out (N,C,OH,OW) = window maxima of x (N,C,H,W) (NaN wins); argmax (N,C,OH,OW) int32 = flat h*W + w of "
         "the element chosen");
 
     m.def(
@@ -107,14 +125,14 @@ void bind_pool(py::module_& m) {
             Checker c{"maxpool2d_backward"};
             Arr dout = input(c, dout_, "dout", std::nullopt, nullptr);
             Arr dx = output(c, dx_, "dx", dout.dtype, "dout");
-            py::array argmax = int64_array(c, argmax_, "argmax");
+            py::array argmax = int32_array(c, argmax_, "argmax");
             c.ndim(dx.a, "dx", 4);
             const i64 N = dx.dim(0), C = dx.dim(1), H = dx.dim(2), W = dx.dim(3);
             c.ndim(dout.a, "dout", 4);
             c.shape(dout.a, "dout", {N, C, -1, -1});
             c.same_shape(argmax, "argmax", dout.a, "dout");
-            argmax_in_range(c, argmax, H * W);
-            const auto* am = static_cast<const std::int64_t*>(argmax.data());
+            argmax_in_range(c, argmax, plane_pixels(H, W));
+            const auto* am = static_cast<const std::int32_t*>(argmax.data());
             c.outputs_distinct({{&dx.a, "dx"}}, {{&dout.a, "dout"}, {&argmax, "argmax"}});
             dispatch(dout.dtype, [&](auto t) {
                 using T = decltype(t);

@@ -67,6 +67,11 @@ void Checker::same_dtype(const py::array& a, const char* name, DType want, const
                    " like '" + like + "'; got " + dtype_str(a));
 }
 
+void Checker::int32(const py::array& a, const char* name) const {
+    if (!a.dtype().equal(py::dtype::of<std::int32_t>()))
+        type_error(std::string("argument '") + name + "' must have dtype int32; got " + dtype_str(a));
+}
+
 void Checker::int64(const py::array& a, const char* name) const {
     if (!a.dtype().equal(py::dtype::of<std::int64_t>()))
         type_error(std::string("argument '") + name + "' must have dtype int64; got " + dtype_str(a));

@@ -41,6 +41,7 @@ struct Checker {
     DType floating(const py::array& a, const char* name) const;
     void same_dtype(const py::array& a, const char* name, DType want, const char* like) const;
     void int64(const py::array& a, const char* name) const;
+    void int32(const py::array& a, const char* name) const;
     void uint8(const py::array& a, const char* name) const;
     void writeable(const py::array& a, const char* name) const;
     void ndim(const py::array& a, const char* name, py::ssize_t want) const;
@@ -103,8 +104,15 @@ std::optional<Arr> optional_output(const Checker& c, py::handle obj, const char*
 PoolGeometry pool_geometry(const Checker& c, i64 N, i64 C, i64 H, i64 W, py::handle PH, py::handle PW,
                            py::handle stride, py::handle pad, const char* x_name, const char* stride_name = "stride",
                            const char* pad_name = "pad");
-// obj as an int64 array (an index output or input), refused with a TypeError otherwise.
+// obj as an int64 array (an index input), refused with a TypeError otherwise.
 py::array int64_array(const Checker& c, py::handle obj, const char* name);
+// obj as an int32 array (an argmax), refused with a TypeError otherwise.
+py::array int32_array(const Checker& c, py::handle obj, const char* name);
+// H * W, saturated at the int64 maximum instead of overflowing.
+i64 plane_pixels(i64 H, i64 W);
+// Refuses to write an argmax whose indices run to count - 1 (a plane of count pixels, count
+// maxout pieces) when that does not fit int32: `what` names the count.
+void argmax_fits_int32(const Checker& c, i64 count, const std::string& what);
 // Refuses an argmax (of max pooling) holding an index outside [0, plane): the backward
 // kernels index with it unchecked.
 void argmax_in_range(const Checker& c, const py::array& argmax, i64 plane);

@@ -470,7 +470,7 @@ class Conv2d(_WeightBias):
         pool = absorbed[1]
         x, shape = self._checked(x)
         pooled, (PH, PW) = pool._output(shape), pool.kernel_size
-        out, argmax = _empty(self, pooled, self.dtype, "pooled output"), _empty(self, pooled, np.int64, "argmax")
+        out, argmax = _empty(self, pooled, self.dtype, "pooled output"), _empty(self, pooled, np.int32, "argmax")
         backend.kernels().conv2d_relu_maxpool2d_forward(
             out, argmax, x, self.W.data, self._bias()[0], self.stride, self.padding, PH, PW, pool.stride, pool.padding
         )
@@ -571,7 +571,7 @@ class MaxPool2d(_Pool2d):
     def forward(self, x, train=None):
         x, shape = self._checked(x)
         out = np.empty(shape, x.dtype)
-        argmax = np.empty(shape, np.int64)
+        argmax = np.empty(shape, np.int32)
         (PH, PW) = self.kernel_size
         backend.kernels().maxpool2d_forward(out, argmax, x, PH, PW, self.stride, self.padding)
         self._cache = (x.shape, out, argmax)
@@ -971,7 +971,7 @@ class Maxout(Layer):
         x2 = _flatten_features(self, x, self.in_features)
         N = x2.shape[0]
         out = _empty(self, (N, self.out_features), self.dtype)
-        argmax = np.empty((N, self.out_features), np.int64)
+        argmax = np.empty((N, self.out_features), np.int32)
         backend.kernels().maxout_forward(out, argmax, x2, self.W.data, self.b.data)
         self._cache = (x.shape, x2, out, argmax)
         return out

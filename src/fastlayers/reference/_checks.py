@@ -68,6 +68,18 @@ class Checker:
     def optional_output(self, a, name: str, like: np.ndarray, like_name: str) -> np.ndarray | None:
         return None if a is None else self.output(a, name, like, like_name)
 
+    def int32(self, a, name: str) -> np.ndarray:
+        a = self.array(a, name)
+        if not self._dtype_ok(a, np.dtype(np.int32)):
+            self.type_error(f"argument '{name}' must have dtype int32; got {a.dtype}")
+        return a
+
+    def argmax_fits_int32(self, count: int, what: str) -> None:
+        """Refuses to write an argmax whose indices run to count - 1 (a plane of count pixels,
+        count maxout pieces) when that does not fit int32."""
+        if count - 1 > np.iinfo(np.int32).max:
+            self.value_error(f"the argmax indices of {what} ({count}) do not fit its dtype int32; expected at most 2**31")
+
     def int64(self, a, name: str) -> np.ndarray:
         a = self.array(a, name)
         if not self._dtype_ok(a, np.dtype(np.int64)):

@@ -247,7 +247,7 @@ def _maxout_shapes(c: Checker, x: np.ndarray, W) -> tuple[np.ndarray, int, int, 
 
 
 def maxout_forward(out, argmax, x, W, b):
-    """out (N,M) = max_k (x @ W[k] + b[k]); argmax (N,M) int64 holds the first maximising k."""
+    """out (N,M) = max_k (x @ W[k] + b[k]); argmax (N,M) int32 holds the first maximising k."""
     c = Checker("maxout_forward")
     x = c.input(x, "x")
     W, N, _, K, M = _maxout_shapes(c, x, W)
@@ -255,9 +255,10 @@ def maxout_forward(out, argmax, x, W, b):
     c.shape(b, "b", (K, M))
     out = c.output(out, "out", x, "x")
     c.shape(out, "out", (N, M))
-    argmax = c.int64(argmax, "argmax")
+    argmax = c.int32(argmax, "argmax")
     c.writeable(argmax, "argmax")
     c.shape(argmax, "argmax", (N, M))
+    c.argmax_fits_int32(K, "the pieces of 'W'")
     c.outputs_distinct({"out": out, "argmax": argmax}, {"x": x, "W": W, "b": b})
     c.room((K, N, M), x.dtype, "the pieces' outputs (K, N, M)")
     z = np.matmul(x, W) + b[:, None, :]  # (K, N, M)
@@ -274,7 +275,7 @@ def maxout_backward(dx, dW, db, dout, x, W, argmax):
     W, N, D, K, M = _maxout_shapes(c, x, W)
     dout = c.input(dout, "dout", x, "x")
     c.shape(dout, "dout", (N, M))
-    argmax = c.int64(argmax, "argmax")
+    argmax = c.int32(argmax, "argmax")
     c.shape(argmax, "argmax", (N, M))
     bad = np.flatnonzero((argmax < 0) | (argmax >= K))
     if bad.size:

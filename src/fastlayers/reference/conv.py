@@ -256,16 +256,17 @@ def conv2d_relu_backward(dx, dW, db, dout, x, W, out, stride, pad):
 
 
 def maxpool2d_forward(out, argmax, x, PH, PW, stride, pad):
-    """out (N,C,OH,OW) = window maxima (NaN wins); argmax = flat h*W + w of the element chosen."""
+    """out (N,C,OH,OW) = window maxima (NaN wins); argmax (int32) = flat h*W + w of the element chosen."""
     c = Checker("maxpool2d_forward")
     x = c.input(x, "x")
     out = c.output(out, "out", x, "x")
-    argmax = c.int64(argmax, "argmax")
+    argmax = c.int32(argmax, "argmax")
     c.writeable(argmax, "argmax")
     c.ndim(x, "x", 4)
     N, C, H, W = x.shape
     PH, PW, stride, pad, OH, OW = _geometry(c, H, W, PH, PW, stride, pad, "PH", "PW")
     _pool_pad(c, pad, PH, PW)
+    c.argmax_fits_int32(H * W, "an (H, W) plane of 'x'")
     c.shape(out, "out", (N, C, OH, OW))
     c.shape(argmax, "argmax", (N, C, OH, OW))
     c.outputs_distinct({"out": out, "argmax": argmax}, {"x": x})
@@ -295,7 +296,7 @@ def maxpool2d_backward(dx, dout, argmax):
     c = Checker("maxpool2d_backward")
     dout = c.input(dout, "dout")
     dx = c.output(dx, "dx", dout, "dout")
-    argmax = c.int64(argmax, "argmax")
+    argmax = c.int32(argmax, "argmax")
     c.ndim(dx, "dx", 4)
     N, C, H, W = dx.shape
     c.ndim(dout, "dout", 4)
@@ -386,9 +387,10 @@ def conv2d_relu_maxpool2d_forward(out, argmax, x, W, b, stride, pad, PH, PW, poo
     W = c.input(W, "W", x, "x")
     b = c.input(b, "b", x, "x")
     out = c.output(out, "out", x, "x")
-    argmax = c.int64(argmax, "argmax")
+    argmax = c.int32(argmax, "argmax")
     c.writeable(argmax, "argmax")
     conv_shape, geo, pooled = _conv_pool_geometry(c, x, W, stride, pad, PH, PW, pool_stride, pool_pad)
+    c.argmax_fits_int32(conv_shape[2] * conv_shape[3], "the convolution's (OH, OW) output plane")
     c.shape(b, "b", (conv_shape[1],))
     c.shape(out, "out", pooled)
     c.shape(argmax, "argmax", pooled)
@@ -414,7 +416,7 @@ def conv2d_relu_maxpool2d_backward(dx, dW, db, dout, x, W, out, argmax, stride, 
     W = c.input(W, "W", x, "x")
     dout = c.input(dout, "dout", x, "x")
     out = c.input(out, "out", x, "x")
-    argmax = c.int64(argmax, "argmax")
+    argmax = c.int32(argmax, "argmax")
     dx = c.optional_output(dx, "dx", x, "x")
     dW = c.output(dW, "dW", x, "x")
     db = c.output(db, "db", x, "x")
