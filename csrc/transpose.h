@@ -83,23 +83,16 @@ inline void for_each_block(i64 C, i64 H, i64 W, Block block) {
 }
 
 // pl (C, n) int32, planes pl_plane apart = cl (n, cl_pix) int32 transposed: n pixels of C
-// channels, channel-last, to planar (the pooled kernels' argmax). 16 pixels by 16 channels
-// through the registers, the bits moved as floats.
+// channels, channel-last, to planar (the pooled kernels' argmax). transpose_block's 16 by 16
+// blocks, the bits moved as floats (loads, shuffles and stores only: any bit pattern passes).
 FL_TARGET_AVX512 inline void to_planar_int32(std::int32_t* pl, i64 pl_plane, const std::int32_t* cl, i64 cl_pix,
                                              i64 C, i64 n) {
+    auto* dst = reinterpret_cast<float*>(pl);
+    const auto* src = reinterpret_cast<const float*>(cl);
     for (i64 q0 = 0; q0 < n; q0 += 16)
-        for (i64 c0 = 0; c0 < C; c0 += 16) {
-            const i64 nq = std::min<i64>(16, n - q0), nc = std::min<i64>(16, C - c0);
-            __m512 r[16];
-            for (i64 i = 0; i < 16; ++i)
-                r[i] = i < nq ? _mm512_castsi512_ps(
-                                    _mm512_maskz_loadu_epi32(first_lanes(nc), cl + (q0 + i) * cl_pix + c0))
-                              : _mm512_setzero_ps();
-            transpose16(r);
-            const __mmask16 m = first_lanes(nq);
-            for (i64 j = 0; j < nc; ++j)
-                _mm512_mask_storeu_epi32(pl + (c0 + j) * pl_plane + q0, m, _mm512_castps_si512(r[j]));
-        }
+        for (i64 c0 = 0; c0 < C; c0 += 16)
+            transpose_block<false>(dst + c0 * pl_plane + q0, pl_plane, src + q0 * cl_pix + c0, cl_pix,
+                                   std::min<i64>(16, n - q0), std::min<i64>(16, C - c0));
 }
 
 #endif  // FL_AVX512_DISPATCH
