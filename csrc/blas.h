@@ -18,6 +18,21 @@ void gemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha, const fl
 void gemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, double alpha, const double* A, i64 lda,
           const double* B, i64 ldb, double beta, double* C, i64 ldc);
 
+// How gemm cuts a GEMM of this shape: cut 'r' (rows of C), 'c' (columns) or 'k' (the depth
+// K, in `groups` groups of slices whose partial products are added in group order), into
+// `tiles` tiles or slices. It depends on the shape, the dtype and the BLAS core, never on the
+// thread count.
+struct Plan {
+    char cut;
+    i64 tiles;
+    i64 groups;
+};
+Plan plan(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, bool single);
+// For the tests: -1 cuts for OpenBLAS's small-matrix kernels where its core has them (the
+// default), 0 never, 1 always (whatever the core: the results stay right, only slower).
+void set_small_tiles(int mode);
+bool small_tiles();
+
 std::string name();     // "OpenBLAS"
 std::string config();   // OpenBLAS's own build description (version, core, threading)
 std::string corename(); // the kernel set chosen for this CPU

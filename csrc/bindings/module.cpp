@@ -56,6 +56,7 @@ PYBIND11_MODULE(_native, m) {
         d["blas_core"] = fl::blas::corename();
         d["blas_threads"] = fl::blas::num_threads();
         d["blas_threading"] = fl::threads::blas_threading();
+        d["gemm_small_tiles"] = fl::blas::small_tiles();
         d["heap"] = fl::memory::heap_policy();
 #ifdef FASTLAYERS_SANITIZED
         d["sanitize"] = true;
@@ -111,6 +112,14 @@ PYBIND11_MODULE(_native, m) {
        py::arg("threads"), py::arg("pool") = py::none());
     // Private: lets the thread-pool test show that its probe detects the fight it guards.
     m.def("_blas_separate_pools", &fl::blas::use_separate_pools, py::arg("on"), py::arg("threads"));
+    // Private, for the tests: how a GEMM of this shape is cut (blas.h), and forcing the cuts
+    // for OpenBLAS's small-matrix kernels on (1) or off (0) whatever the core (-1: follow it).
+    m.def("_gemm_plan", [](fl::i64 M, fl::i64 N, fl::i64 K, bool trans_a, bool trans_b, bool single) {
+        if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("_gemm_plan: sizes must be >= 0");
+        const fl::blas::Plan p = fl::blas::plan(trans_a, trans_b, M, N, K, single);
+        return py::make_tuple(std::string(1, p.cut), p.tiles, p.groups);
+    }, py::arg("M"), py::arg("N"), py::arg("K"), py::arg("trans_a"), py::arg("trans_b"), py::arg("single"));
+    m.def("_set_gemm_small_tiles", &fl::blas::set_small_tiles, py::arg("mode"));
 
     fl::bind::bind_affine(m);
     fl::bind::bind_softmax_cross_entropy(m);
