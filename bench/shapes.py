@@ -90,6 +90,9 @@ class ShapeSet:
     def network(self) -> str:
         return self.name.split("/")[0]
 
+    def zero(self) -> list[Call]:
+        return []
+
     def forward(self) -> list[Call]:
         return []
 
@@ -100,7 +103,7 @@ class ShapeSet:
         return []
 
     def calls(self) -> list[Call]:
-        return self.forward() + self.backward() + self.update()
+        return self.zero() + self.forward() + self.backward() + self.update()
 
 
 @dataclass(frozen=True)
@@ -361,8 +364,9 @@ class SoftmaxCrossEntropy(ShapeSet):
 
 @dataclass(frozen=True)
 class Adam(ShapeSet):
-    """One ``adam_update`` over an optimizer's flat buffer of ``size`` elements, as in the
-    first step of ``optim.Adam`` with its defaults."""
+    """An optimizer's flat buffer of ``size`` elements: its gradient zeroed before the step
+    (``zero_update``), then one ``adam_update`` as in the first step of ``optim.Adam`` with
+    its defaults."""
 
     name: str
     size: int
@@ -373,6 +377,9 @@ class Adam(ShapeSet):
     step: int = 1
     weight_decay: float = 0.0
     l1: float = 0.0
+
+    def zero(self):
+        return [Call("zero_update", (Arr("grad", (self.size,), "out"),))]
 
     def update(self):
         n = (self.size,)
@@ -449,10 +456,11 @@ STEP_NAMES = {"simple_cnn": "simple-cnn", "deep_cnn": "deep-cnn", "mlp_bn": "mlp
 
 
 def step_calls(network: str, batch: int = BATCH) -> list[tuple[ShapeSet, Call]]:
-    """Every kernel call of one training step, in order: the forwards (the loss last), the
-    backwards in reverse, then the optimizer updates."""
+    """Every kernel call of one training step, in order: the gradients zeroed, the forwards
+    (the loss last), the backwards in reverse, then the optimizer updates."""
     sets = networks(batch)[network]
-    calls = [(s, c) for s in sets for c in s.forward()]
+    calls = [(s, c) for s in sets for c in s.zero()]
+    calls += [(s, c) for s in sets for c in s.forward()]
     calls += [(s, c) for s in reversed(sets) for c in s.backward()]
     calls += [(s, c) for s in sets for c in s.update()]
     return calls

@@ -76,6 +76,11 @@ void scale_update(T* x, i64 n, double alpha);
 template <class T>
 i64 clamp_update(T* x, i64 n, double limit);
 
+// ---- zero_update.cpp
+// x (n) = +0 (zero_grad over a flat gradient buffer).
+template <class T>
+void zero_update(T* x, i64 n);
+
 // ---- shared by the update kernels
 
 namespace optim_detail {

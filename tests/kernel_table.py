@@ -303,6 +303,7 @@ def _specs() -> dict:
              any_ndim=True),
         Spec("clamp_update", (A("x", INOUT, P), H("limit", POSITIVE, 0.5)), OPTIM_DIMS, sources=frozenset({"x"}),
              any_ndim=True, tol="clamp", returns=True),
+        Spec("zero_update", (A("x", INOUT, P),), OPTIM_DIMS, sources=frozenset({"x"}), any_ndim=True),
         Spec("dot", (A("x", IN, P), A("y", IN, P)), OPTIM_DIMS, sources=frozenset({"x"}), any_ndim=True, tol="dot",
              returns=True),
         Spec("max_abs", (A("x", IN, P),), OPTIM_DIMS, sources=frozenset({"x"}), any_ndim=True, tol="max_abs",

@@ -448,3 +448,14 @@ def test_bitwise_identical_for_one_and_two_threads():
     for key in one:
         for a, b in zip(one[key], two[key]):
             assert a.tobytes() == b.tobytes(), key
+
+
+@pytest.mark.parametrize("impl", [_native, reference], ids=["native", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, (1 << 15) + 1, 3 * (1 << 16) + 5])
+def test_zero_update_leaves_positive_zeros_everywhere(impl, dtype, n):
+    # NaN, infinities and -0.0 all become +0.0, in every chunk a thread could own.
+    x = np.array([np.nan, -np.inf, np.inf, -0.0, 1.5], dtype)[np.arange(n) % 5].reshape(-1, 1)
+    impl.zero_update(x)
+    assert not x.any() and not np.signbit(x).any()
+

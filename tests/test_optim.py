@@ -712,8 +712,13 @@ def test_one_kernel_call_per_group(monkeypatch, backend_name):
     params = _mixed_params()
     opt = optim.Adam(params, weight_decay=0.1, l1=0.01)
     with backend.use(backend_name):
+        _fill_grads(params, np.random.default_rng(1))
         opt.zero_grad()
-        assert calls == []  # zeroing is one fill per gradient buffer, no kernel
+        # One zero_update per gradient buffer, each the whole buffer.
+        assert [n for n, _ in calls] == ["zero_update"] * 4
+        assert sorted(a.size for _, a in calls) == sorted([2, 6, 4 + 3 + 4 + 4 + 0, 20 + 54 + 12 + 0])
+        assert all(not p.grad.any() for p in params)
+        calls.clear()
         _fill_grads(params, np.random.default_rng(1))
         opt.step()
         assert [n for n, _ in calls] == ["adam_update"] * 4

@@ -221,6 +221,20 @@ void bind_optim(py::module_& m) {
         py::arg("x"), py::arg("alpha"), "x *= alpha in place (the product in float64, rounded once to x's dtype)");
 
     m.def(
+        "zero_update",
+        [](py::object x_) {
+            Checker c{"zero_update"};
+            Arr x = input(c, x_, "x", std::nullopt, nullptr);
+            c.writeable(x.a, "x");
+            dispatch(x.dtype, [&](auto t) {
+                using T = decltype(t);
+                py::gil_scoped_release nogil;
+                zero_update<T>(x.ptr<T>(), x.size());
+            });
+        },
+        py::arg("x"), "x = 0 in place (every entry +0.0)");
+
+    m.def(
         "clamp_update",
         [](py::object x_, py::object limit_) {
             Checker c{"clamp_update"};

@@ -141,9 +141,9 @@ class Optimizer:
     biases and BatchNorm parameters), allocates for each group one contiguous data
     buffer, one gradient buffer and one buffer per state array, copies the current values
     in, and rebinds every ``p.data`` and ``p.grad`` to a view of its segment (same shape
-    and dtype). ``step()`` then makes one kernel call per group, ``zero_grad()`` one fill
-    per gradient buffer and ``penalty()`` one reduction per penalised group, however many
-    parameters there are. ``state[i][name]`` are views into the state buffers, so
+    and dtype). ``step()`` then makes one kernel call per group, ``zero_grad()`` one
+    ``zero_update`` per gradient buffer and ``penalty()`` one reduction per penalised group,
+    however many parameters there are. ``state[i][name]`` are views into the state buffers, so
     modify them in place (``load_state_dict`` does).
 
     Layers reach their arrays through ``p.data`` / ``p.grad`` every time, so the
@@ -306,8 +306,9 @@ class Optimizer:
                 p.zero_grad()
             self._pack()
             return
+        k = backend.kernels()
         for group in self._groups:
-            group.grad.fill(0)
+            k.zero_update(group.grad)
 
     def step(self) -> None:
         """One update of every parameter from its current ``grad``."""
@@ -758,7 +759,7 @@ class LBFGS(Optimizer):
         return self._groups[0]
 
     def zero_grad(self) -> None:
-        self._group().grad.fill(0)
+        backend.kernels().zero_update(self._group().grad)
 
     def hyper_parameters(self) -> dict:
         return {"lr": self.lr, "max_iter": self.max_iter, "max_eval": self.max_eval,

@@ -25,6 +25,7 @@ __all__ = [
     "sum_abs",
     "scale_update",
     "clamp_update",
+    "zero_update",
     "sum_squares_diff",
 ]
 
@@ -228,6 +229,14 @@ def clamp_update(x, limit) -> int:
         outside = int(np.count_nonzero(np.abs(x) > bound))
     np.clip(x, -bound, bound, out=x)
     return outside
+
+
+def zero_update(x):
+    """x = 0 in place, every entry +0.0 (an optimizer's zero_grad, one call per flat buffer)."""
+    c = Checker("zero_update")
+    x = c.input(x, "x")
+    c.writeable(x, "x")
+    x[...] = 0
 
 
 def sum_squares_diff(a, b) -> float:
