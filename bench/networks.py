@@ -14,12 +14,16 @@ loss, and PyTorch's forward pass from the copied weights must give the same loss
 the timings would not compare the same computation.
 
 Timing: every configuration first runs ``--warmup`` steps. Then the configurations take turns
-in rounds of ``--block`` steps each, so that a slow moment of this shared machine hits them
-all alike. Before each block the script sleeps ``--settle`` seconds and the block's first
-step is discarded: the previous library's idle threads keep spinning on the cores for a while
-after its last call (NumPy's OpenBLAS for up to ~0.1 s, PyTorch's OpenMP too), which a
-training run, one library at a time, never sees. The table gives the median
-and the 10th-90th percentile spread of the kept steps.
+in rounds of blocks, so that a slow moment of this shared machine hits them all alike. A
+block runs steps back to back for at least ``--block-seconds`` and at least ``--block`` steps,
+as a training run does, and keeps only the steps that start in its second half (and never
+its first step). Before each block the script sleeps ``--settle`` seconds: the previous
+library's idle threads keep spinning on the cores for a while after its last call (NumPy's
+OpenBLAS for up to ~0.1 s, PyTorch's OpenMP too), which a training run, one library at a
+time, never sees. After that pause every library's steps take a while to reach their
+steady speed (this VM's MLP step: 0.63 ms over the first 50 steps, 0.56 ms after 300), which
+the kept second half leaves out. The table gives the median and the 10th-90th percentile
+spread of the kept steps.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--rounds", type=int, default=8, help="rounds of taking turns (default 8)")
-    p.add_argument("--block", type=int, default=6, help="steps per configuration per round, the first discarded")
+    p.add_argument("--block", type=int, default=6, help="least steps per configuration per round (default 6)")
+    p.add_argument("--block-seconds", type=float, default=0.5,
+                   help="least seconds per configuration per round; the steps of the first half are discarded")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--settle", type=float, default=0.3,
                    help="seconds of sleep before each block, for the previous library's threads to stop spinning")
@@ -51,12 +57,14 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--png", metavar="PATH", help="bar chart (needs matplotlib)")
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.block, args.warmup, args.settle = 2, 3, 1, 0.0
+        args.rounds, args.block, args.warmup, args.settle, args.block_seconds = 2, 3, 1, 0.0, 0.0
     bad = [m for m in args.models.split(",") if m not in NETWORKS]
     if bad:
         p.error(f"unknown model(s) {', '.join(bad)}; expected {', '.join(NETWORKS)}")
     if args.threads < 1 or args.batch < 1 or args.rounds < 1 or args.block < 2 or args.warmup < 0:
         p.error("--threads, --batch and --rounds must be >= 1, --block >= 2, --warmup >= 0")
+    if not args.block_seconds >= 0:
+        p.error("--block-seconds must be >= 0")
     return args
 
 
@@ -151,11 +159,15 @@ def time_rounds(configs: dict, x, t, xt, tt, args) -> dict[str, list[float]]:
     for _ in range(args.rounds):
         for label, step in configs.items():
             time.sleep(args.settle)
-            for i in range(args.block):
+            began = time.perf_counter()
+            half = began + args.block_seconds / 2
+            steps = 0
+            while steps < args.block or time.perf_counter() - began < args.block_seconds:
                 start = time.perf_counter()
                 run(label, step)
-                if i:
+                if steps and start >= half:
                     kept[label].append(time.perf_counter() - start)
+                steps += 1
     return kept
 
 
@@ -207,7 +219,8 @@ def main(args: argparse.Namespace) -> dict:
     validation = validate(names, x, t, use_torch)
 
     print(f"\nms per training step (forward, backward, Adam), batch {args.batch}, float32: median "
-          f"[10th-90th percentile] of {args.rounds} rounds x {args.block - 1} kept steps")
+          f"[10th-90th percentile] of the kept steps of {args.rounds} rounds (blocks of >= {args.block_seconds:g} s "
+          f"and >= {args.block} steps, the first half discarded)")
     cols = ["native", "numpy"] + (["torch"] if use_torch else [])
     head = f"  {'model':<11}" + "".join(f"{c:>22}" for c in cols) + f"{'numpy/native':>14}"
     print(head + (f"{'torch/native':>14}" if use_torch else ""))
