@@ -179,3 +179,27 @@ def test_small_cuts_are_bitwise_independent_of_the_thread_count(cuts, N, D, M):
         fastlayers.set_num_threads(before)
     for name, one, two in zip(("out", "dx", "dW", "db"), *results):
         assert np.array_equal(one, two), name
+
+
+def test_convolution_dx_under_each_cut(cuts):
+    """The im2col backward computes dx as the gradient convolved with the flipped filters: one
+    GEMM (C, H*W) over FN*9 per image, overwriting dx (beta = 0). A small image with many
+    filters makes that GEMM's C small and its K long: with the small cuts, K slices."""
+    N, C, H, W, FN = 8, 32, 4, 4, 256
+    if cuts:
+        assert _native._gemm_plan(C, H * W, FN * 9, False, False, True)[0] == "k"
+    saved = fastlayers.backend.get_conv_algorithm()
+    fastlayers.backend.set_conv_algorithm("im2col")
+    try:
+        rng = np.random.default_rng(9)
+        x, Wt, dout = rand(rng, (N, C, H, W)), rand(rng, (FN, C, 3, 3)), rand(rng, (N, FN, H, W))
+        dx = np.full(x.shape, np.nan, np.float32)
+        dW, db = np.zeros(Wt.shape, np.float32), np.zeros(FN, np.float32)
+        _native.conv2d_backward(dx, dW, db, dout, x, Wt, 1, 1)
+    finally:
+        fastlayers.backend.set_conv_algorithm(saved)
+    f64 = np.float64
+    want, mag = np.empty(x.shape, f64), np.empty(x.shape, f64)
+    for out, args in ((want, (dout, x, Wt)), (mag, (np.abs(dout), np.abs(x), np.abs(Wt)))):
+        reference.conv2d_backward(out, np.zeros(Wt.shape), np.zeros(FN), *(a.astype(f64) for a in args), 1, 1)
+    assert_close_reduction(dx, want, mag, FN * 9, np.float32, "dx")
