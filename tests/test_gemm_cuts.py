@@ -160,27 +160,6 @@ def test_maxout_under_each_cut(cuts):
     assert np.array_equal(arg[clear], rarg[clear])
 
 
-@pytest.mark.skipif(not fastlayers.build_info()["openmp"], reason="without OpenMP, OpenBLAS threads its GEMMs itself")
-@pytest.mark.parametrize("N,D,M", CUT_SHAPES[:4])
-def test_small_cuts_are_bitwise_independent_of_the_thread_count(cuts, N, D, M):
-    rng = np.random.default_rng(1)
-    x, W, b, dout = rand(rng, (N, D)), rand(rng, (D, M)), rand(rng, (M,)), rand(rng, (N, M))
-    results = []
-    before = fastlayers.get_num_threads()
-    try:
-        for threads in (1, 2):
-            fastlayers.set_num_threads(threads)
-            out, dx = np.empty((N, M), np.float32), np.empty((N, D), np.float32)
-            dW, db = np.zeros((D, M), np.float32), np.zeros(M, np.float32)
-            _native.affine_forward(out, x, W, b)
-            _native.affine_backward(dx, dW, db, dout, x, W)
-            results.append((out, dx, dW, db))
-    finally:
-        fastlayers.set_num_threads(before)
-    for name, one, two in zip(("out", "dx", "dW", "db"), *results):
-        assert np.array_equal(one, two), name
-
-
 def test_convolution_dx_under_each_cut(cuts):
     """The im2col backward computes dx as the gradient convolved with the flipped filters: one
     GEMM (C, H*W) over FN*9 per image, overwriting dx (beta = 0). A small image with many

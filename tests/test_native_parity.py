@@ -215,15 +215,20 @@ def test_affine_kernels_refuse_aliased_outputs(impl):
 
 @pytest.mark.skipif(not fastlayers.build_info()["openmp"], reason="without OpenMP, OpenBLAS threads its GEMMs itself")
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,D,M", [(100, 784, 100), (256, 300, 64), (1000, 4320, 100), (57600, 25, 30), (7, 3, 5)])
-def test_gemm_kernels_are_bitwise_independent_of_the_thread_count(dtype, N, D, M):
-    """The BLAS seam cuts each GEMM into tiles fixed by its shape, each one single-threaded
-    OpenBLAS call, so 1 and 2 threads give the same bits (OpenBLAS's own threading does not)."""
+@pytest.mark.parametrize(
+    "N,D,M", [(100, 784, 100), (256, 300, 64), (1000, 4320, 100), (57600, 25, 30), (7, 3, 5), (100, 4320, 100),
+              (100, 1024, 50), (13, 2003, 17)])
+@pytest.mark.parametrize("small", [0, 1], ids=["packed-cuts", "small-cuts"])
+def test_gemm_kernels_are_bitwise_independent_of_the_thread_count(dtype, N, D, M, small):
+    """The BLAS seam cuts each GEMM into tiles (or, for OpenBLAS's small-matrix kernel, slices
+    of K in groups) fixed by its shape, each one single-threaded OpenBLAS call, so 1 and 2
+    threads give the same bits (OpenBLAS's own threading does not). Both cut policies."""
     rng = np.random.default_rng(0)
     x, W, b = rand(rng, (N, D), dtype), rand(rng, (D, M), dtype), rand(rng, (M,), dtype)
     dout = rand(rng, (N, M), dtype)
     results = []
     before = fastlayers.get_num_threads()
+    _native._set_gemm_small_tiles(small)
     try:
         for threads in (1, 2):
             fastlayers.set_num_threads(threads)
@@ -234,5 +239,6 @@ def test_gemm_kernels_are_bitwise_independent_of_the_thread_count(dtype, N, D, M
             results.append((out, dx, dW, db))
     finally:
         fastlayers.set_num_threads(before)
+        _native._set_gemm_small_tiles(-1)
     for name, one, two in zip(("out", "dx", "dW", "db"), *results):
         assert np.array_equal(one, two), name
