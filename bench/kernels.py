@@ -15,7 +15,9 @@ timings are not timing the right computation. Then the ceilings, measured in the
 compute is a 2048^3 float32 GEMM through the native ``affine_forward`` (the project's BLAS
 seam), bandwidth a 256 MiB copy through the native ``identity_forward`` (std::memcpy in one
 chunk per thread of the OpenMP pool), and the floor of one native call (``relu_forward`` on
-one float). Then the table: median ms per call, the interquartile range as a percentage of
+one float); beside them the cores' float32 FMA peak (independent AVX-512 multiply-adds on
+every thread, nothing loaded or stored), which no kernel can pass while a small GEMM in cache
+can pass the sgemm ceiling (the percentages stay those of the sgemm and copy ceilings). Then the table: median ms per call, the interquartile range as a percentage of
 the median, GFLOP/s for the GEMM kernels (affine, conv2d) or GB/s for the rest, and that rate
 as a percentage of its ceiling; the NumPy oracle's median and the speed-up over it come last
 and are timed after every native kernel (NumPy's own OpenBLAS threads keep spinning after a
@@ -193,7 +195,8 @@ def ceilings(args) -> dict:
     one, one_out = np.ones(1, np.float32), np.empty(1, np.float32)
     call = measure(functools.partial(NATIVE.relu_forward, one_out, one), args.reps, args.warmup, 1e-3)
     call["us"] = 1e3 * call["ms"]
-    return {"sgemm": gemm, "memcpy": copy, "call": call}
+    peak = {"gflops": backend._native._peak_fma_gflops(args.fma_iterations, args.ceiling_reps)}
+    return {"sgemm": gemm, "memcpy": copy, "call": call, "peak_fma": peak}
 
 
 def rate(call: shapes.Call, ms: float, ceil: dict) -> tuple[str, float, float]:
@@ -237,6 +240,7 @@ def main() -> None:
     args.ceiling_reps = 2 if args.quick else 5
     args.gemm_size = 1024 if args.quick else 2048
     args.copy_mib = 64 if args.quick else 256
+    args.fma_iterations = 1_000_000 if args.quick else 20_000_000
     if args.threads is not None:
         backend.set_num_threads(args.threads)
 
@@ -291,6 +295,9 @@ def main() -> None:
         print(f"  bandwidth  {m['gbps']:8.1f} GB/s     copy of {args.copy_mib} MiB through native identity_forward, "
               f"bytes read + written ({m['ms']:.1f} ms, iqr {m['iqr_pct']:.0f}%)")
         print(f"  call floor {c['us']:8.2f} us       native relu_forward on one float, the least a kernel call costs")
+        peak = ceil["peak_fma"]["gflops"]
+        print(f"  FMA peak   {peak:8.1f} GFLOP/s  independent float32 FMAs on every thread: no kernel passes it"
+              if peak else "  FMA peak        n/a          (no AVX-512 build on this CPU)")
 
         results = []
         for s, call in rows:

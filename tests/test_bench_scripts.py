@@ -4,6 +4,7 @@ passed validation. Nothing here asserts a timing."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def test_kernels_quick(tmp_path):
     assert all(v["ok"] for v in report["validation"])
     ceil = report["ceilings"]
     assert ceil["sgemm"]["gflops"] > 0 and ceil["memcpy"]["gbps"] > 0 and ceil["call"]["us"] > 0
+    assert ceil["peak_fma"]["gflops"] >= 0  # 0 where there is no AVX-512 build to run
     assert [(k["shape_set"], k["kernel"]) for k in report["kernels"]] == calls
     for k in report["kernels"]:
         assert k["ms"] > 0 and k["numpy_ms"] > 0 and k["speedup"] > 0
@@ -46,6 +48,20 @@ def test_kernels_quick(tmp_path):
         assert k["rate"] > 0 and k["pct_of_ceiling"] > 0 and k["bytes"] > 0
     assert set(report["totals"]) == set(networks)
     assert report["other_load_cores"] is None or report["other_load_cores"] >= 0
+
+
+def test_peak_fma_probe():
+    from fastlayers.backend import _native
+
+    assert _native._peak_fma_gflops(1000, 2) >= 0
+    with pytest.raises(ValueError, match="iterations"):
+        _native._peak_fma_gflops(0, 1)
+    # Without the AVX-512 builds there is nothing to measure: 0, not a baseline-build rate.
+    env = {**os.environ, "FASTLAYERS_DISABLE_AVX512": "1"}
+    code = "from fastlayers.backend import _native; print(_native._peak_fma_gflops(1000, 1))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) == 0.0
 
 
 def test_kernels_options(tmp_path):

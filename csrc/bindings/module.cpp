@@ -8,6 +8,7 @@
 #include "blas.h"
 #include "checks.h"
 #include "memory.h"
+#include "peak_fma.h"
 #include "threading.h"
 #include "conv_direct.h"
 #include "conv_pooled.h"
@@ -120,6 +121,12 @@ PYBIND11_MODULE(_native, m) {
         return py::make_tuple(std::string(1, p.cut), p.tiles, p.groups);
     }, py::arg("M"), py::arg("N"), py::arg("K"), py::arg("trans_a"), py::arg("trans_b"), py::arg("single"));
     m.def("_set_gemm_small_tiles", &fl::blas::set_small_tiles, py::arg("mode"));
+    // Private, for bench/kernels.py: the cores' float32 FMA peak in GFLOP/s (0 without AVX-512).
+    m.def("_peak_fma_gflops", [](fl::i64 iterations, int repeats) {
+        if (iterations < 1 || repeats < 1) throw std::invalid_argument("_peak_fma_gflops: iterations and repeats must be >= 1");
+        py::gil_scoped_release nogil;
+        return fl::peak_fma_gflops(iterations, repeats);
+    }, py::arg("iterations"), py::arg("repeats"));
 
     fl::bind::bind_affine(m);
     fl::bind::bind_softmax_cross_entropy(m);
