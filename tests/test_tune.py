@@ -368,6 +368,9 @@ def test_interrupt_in_process_returns_the_finished_trials():
 def test_interrupt_stops_the_worker_processes(tmp_path, monkeypatch):
     x, t = blobs()
     monkeypatch.setenv("TUNE_TEST_DIR", str(tmp_path))
+    # Ctrl-C must raise KeyboardInterrupt here even when pytest runs as a background job,
+    # which starts with SIGINT ignored (and then Python installs no handler of its own).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def interrupt_when_both_started():
         for _ in range(6000):
@@ -384,6 +387,7 @@ def test_interrupt_stops_the_worker_processes(tmp_path, monkeypatch):
                                epochs=1, processes=2)
     finally:
         thread.join()
+        signal.signal(signal.SIGINT, previous)
     assert info.value.result.trials == []
     for path in tmp_path.glob("started-*"):
         pid = int(path.name.split("-")[1])
