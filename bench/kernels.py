@@ -16,12 +16,13 @@ compute is a 2048^3 float32 GEMM through the native ``affine_forward`` (the proj
 seam), bandwidth a 256 MiB copy through the native ``identity_forward`` (std::memcpy in one
 chunk per thread of the OpenMP pool), and the floor of one native call (``relu_forward`` on
 one float); beside them the cores' float32 FMA peak (independent AVX-512 multiply-adds on
-every thread, nothing loaded or stored), which no kernel can pass while a small GEMM in cache
-can pass the sgemm ceiling (the percentages stay those of the sgemm and copy ceilings). Then the table: median ms per call, the interquartile range as a percentage of
-the median, GFLOP/s for the GEMM kernels (affine, conv2d) or GB/s for the rest, and that rate
-as a percentage of its ceiling; the NumPy oracle's median and the speed-up over it come last
-and are timed after every native kernel (NumPy's own OpenBLAS threads keep spinning after a
-matrix product and would slow whatever ran next).
+every thread, nothing loaded or stored), which no kernel can pass while a small GEMM in
+cache can pass the sgemm ceiling (the percentages stay those of the sgemm and copy
+ceilings). Then the table: median ms per call, the interquartile range as a percentage of
+the median, GFLOP/s for the GEMM kernels (affine, conv2d) or GB/s for the rest, and that
+rate as a percentage of its ceiling; the NumPy oracle's median and the speed-up over it come
+last and are timed after every native kernel (NumPy's own OpenBLAS threads keep spinning
+after a matrix product and would slow whatever ran next).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 namespace fl {
 
 // x (n) = +0. All-zero bits are +0.0 in IEEE float and double. On the OpenMP pool rather
-// than NumPy's single-threaded fill: each core clears the half that its cache will then see
-// the backward accumulate into (simple_cnn's 1.7 MB: 0.065 -> 0.045 ms in a training step).
+// than NumPy's single-threaded fill: simple_cnn's 1.7 MB took 0.065 ms of a training step
+// that way, 0.016 ms this way.
 template <class T>
 void zero_update(T* x, i64 n) {
     parallel_chunks(n, [&](i64 i0, i64 i1) {
