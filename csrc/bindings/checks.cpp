@@ -67,20 +67,18 @@ void Checker::same_dtype(const py::array& a, const char* name, DType want, const
                    " like '" + like + "'; got " + dtype_str(a));
 }
 
-void Checker::int32(const py::array& a, const char* name) const {
-    if (!a.dtype().equal(py::dtype::of<std::int32_t>()))
-        type_error(std::string("argument '") + name + "' must have dtype int32; got " + dtype_str(a));
+// An index or mask array: exactly dtype I, in native byte order, never converted.
+template <class I>
+void exact_dtype(const Checker& c, const py::array& a, const char* name) {
+    const py::dtype want = py::dtype::of<I>();
+    if (!a.dtype().equal(want))
+        c.type_error(std::string("argument '") + name + "' must have dtype " + py::str(want).cast<std::string>() +
+                     "; got " + dtype_str(a));
 }
 
-void Checker::int64(const py::array& a, const char* name) const {
-    if (!a.dtype().equal(py::dtype::of<std::int64_t>()))
-        type_error(std::string("argument '") + name + "' must have dtype int64; got " + dtype_str(a));
-}
-
-void Checker::uint8(const py::array& a, const char* name) const {
-    if (!a.dtype().equal(py::dtype::of<std::uint8_t>()))
-        type_error(std::string("argument '") + name + "' must have dtype uint8; got " + dtype_str(a));
-}
+void Checker::int32(const py::array& a, const char* name) const { exact_dtype<std::int32_t>(*this, a, name); }
+void Checker::int64(const py::array& a, const char* name) const { exact_dtype<std::int64_t>(*this, a, name); }
+void Checker::uint8(const py::array& a, const char* name) const { exact_dtype<std::uint8_t>(*this, a, name); }
 
 void Checker::writeable(const py::array& a, const char* name) const {
     if (!a.writeable()) value_error(std::string("output '") + name + "' is read-only; expected a writeable array");

@@ -68,11 +68,15 @@ class Checker:
     def optional_output(self, a, name: str, like: np.ndarray, like_name: str) -> np.ndarray | None:
         return None if a is None else self.output(a, name, like, like_name)
 
-    def int32(self, a, name: str) -> np.ndarray:
+    def _exact(self, a, name: str, want: str) -> np.ndarray:
+        """An index or mask array: exactly dtype ``want``, in native byte order, never converted."""
         a = self.array(a, name)
-        if not self._dtype_ok(a, np.dtype(np.int32)):
-            self.type_error(f"argument '{name}' must have dtype int32; got {a.dtype}")
+        if not self._dtype_ok(a, np.dtype(want)):
+            self.type_error(f"argument '{name}' must have dtype {want}; got {a.dtype}")
         return a
+
+    def int32(self, a, name: str) -> np.ndarray:
+        return self._exact(a, name, "int32")
 
     def argmax_fits_int32(self, count: int, what: str) -> None:
         """Refuses to write an argmax whose indices run to count - 1 (a plane of count pixels,
@@ -81,16 +85,10 @@ class Checker:
             self.value_error(f"the argmax indices of {what} ({count}) do not fit its dtype int32; expected at most 2**31")
 
     def int64(self, a, name: str) -> np.ndarray:
-        a = self.array(a, name)
-        if not self._dtype_ok(a, np.dtype(np.int64)):
-            self.type_error(f"argument '{name}' must have dtype int64; got {a.dtype}")
-        return a
+        return self._exact(a, name, "int64")
 
     def uint8(self, a, name: str) -> np.ndarray:
-        a = self.array(a, name)
-        if a.dtype != np.uint8:
-            self.type_error(f"argument '{name}' must have dtype uint8; got {a.dtype}")
-        return a
+        return self._exact(a, name, "uint8")
 
     def writeable(self, a: np.ndarray, name: str) -> None:
         if not a.flags.writeable:
